@@ -1,0 +1,73 @@
+"""What the test-time loop needs from a video generation model (the Reasoner)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+
+#: how the latent that the teacher sees is produced (METHOD.md ablations)
+X0_MODES = ("first", "last", "all")
+
+
+@dataclass
+class Conditioning:
+    """Everything fixed for one instance: text embedding, first-frame latent and
+    the noise ``eps`` that is reused at every optimisation step and for the final
+    video. ``extra`` holds adapter-specific tensors."""
+
+    prompt: str
+    seed: int
+    num_frames: int
+    height: int
+    width: int
+    noise: torch.Tensor
+    extra: dict[str, Any]
+
+
+class Reasoner(Protocol):
+    device: torch.device
+
+    def prepare(self, prompt: str, first_frame: np.ndarray | None, seed: int, *,
+                num_frames: int | None = None, height: int | None = None,
+                width: int | None = None) -> Conditioning: ...
+
+    def predict_x0(self, cond: Conditioning, mode: str = "first") -> torch.Tensor:
+        """The clean latent the teacher judges, with gradients to the LoRA only.
+        ``first``: one model call at sigma=1 from the fixed noise (the paper);
+        ``last``: run the sampler without grad up to the last step, grad there;
+        ``all``: the whole few-step sampler with grad (memory heavy)."""
+
+    def preview(self, latent: torch.Tensor, frame_indices: Sequence[int]) -> torch.Tensor:
+        """Differentiable decode of only the requested frames: (K, 3, H, W) in [0, 1]."""
+
+    def generate(self, cond: Conditioning) -> torch.Tensor:
+        """The final video (few-step sampler + full decode, no grad): (F, 3, H, W) in [0, 1]."""
+
+    def add_lora(self, rank: int = 16, alpha: float | None = None,
+                 targets: Sequence[str] | None = None, seed: int = 0) -> list[torch.nn.Parameter]:
+        """Attach a fresh LoRA (replacing any previous one); return its trainable parameters."""
+
+    def remove_lora(self) -> None: ...
+
+    def save_lora(self, path: str | Path) -> Path: ...
+
+    def load_lora(self, path: str | Path) -> None: ...
+
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every frozen (non-LoRA) weight, for integrity checks."""
+
+
+def uniform_frame_indices(num_frames: int, k: int) -> list[int]:
+    """K frame indices spread uniformly over [0, num_frames - 1], first and last included.
+    K >= num_frames gives every frame once."""
+    if num_frames <= 0:
+        raise ValueError("num_frames must be positive")
+    if k >= num_frames:
+        return list(range(num_frames))
+    if k == 1:
+        return [num_frames - 1]
+    return sorted({round(i * (num_frames - 1) / (k - 1)) for i in range(k)})

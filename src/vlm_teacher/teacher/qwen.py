@@ -1,0 +1,387 @@
+"""The Teacher adapter over transformers' Qwen2.5-VL and Qwen3-VL.
+
+``yes_logprob`` is the paper's reward: log P("Yes" | video, question), summed over
+the answer's tokens (teacher-forced), differentiable in the frames. The frames go
+through the differentiable pixel path (``pixels.py``) and the vision tower ONCE;
+its features are shared by every question, and all questions run as one batched
+language-model forward (left padding), instead of one full VLM call per question.
+
+To do that the adapter assembles what the model's own ``forward`` would build from
+``pixel_values_videos``: the placeholder embeddings replaced by the video features,
+3-D rotary positions from the model's ``get_rope_index`` (with ``mm_token_type_ids``;
+without them Qwen2.5-VL silently falls back to 1-D positions), and for Qwen3-VL the
+deepstack features added to the first decoder layers. A test proves this equals the
+naive per-question forward with ``pixel_values_videos``.
+
+Prompts follow the processors: the chat template renders a video item as
+``<|vision_start|><|video_pad|><|vision_end|>``; Qwen2.5-VL expands the pad to
+grid_t*grid_h*grid_w/merge^2 tokens (temporal positions spaced by
+``tokens_per_second * temporal_patch / fps``); Qwen3-VL writes one
+``<t seconds><|vision_start|>pads<|vision_end|>`` block per temporal patch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..task import Queries
+from . import pixels
+from .queries import fallback_queries, parse_queries, query_prompt
+
+logger = logging.getLogger("vlm_teacher")
+
+SUPPORTED_ARCHS = ("qwen2_5_vl", "qwen3_vl")
+ANSWER_INSTRUCTION = "Answer with Yes or No."
+VIDEO_ITEM = "<|vision_start|><|video_pad|><|vision_end|>"
+IMAGE_ITEM = "<|vision_start|><|image_pad|><|vision_end|>"
+#: frames per second assumed for the K frames shown (Qwen's default video sampling rate);
+#: it sets Qwen2.5-VL's temporal rope spacing and Qwen3-VL's timestamps.
+DEFAULT_FPS = 2.0
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
+
+
+def _model_class(arch: str):
+    if arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen3VLForConditionalGeneration
+
+    return Qwen3VLForConditionalGeneration
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
+
+
+class QwenVLTeacher:
+    """A frozen Qwen-VL that writes yes/no questions and answers them differentiably.
+
+    Build it with ``from_pretrained(folder)``. ``fps`` is the frame rate assumed for
+    the K frames shown (it only affects temporal positions / timestamps).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, spec: pixels.PixelSpec, arch: str, *,
+                 fps: float = DEFAULT_FPS, answer: str = "Yes", path: str | os.PathLike | None = None) -> None:
+        if arch not in SUPPORTED_ARCHS:
+            raise ValueError(f"arch must be one of {SUPPORTED_ARCHS}, got {arch!r}")
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.arch = arch
+        self.fps = float(fps)
+        self.path = Path(path) if path is not None else None
+        cfg = model.config
+        self.video_token_id = int(cfg.video_token_id)
+        self.image_token_id = int(cfg.image_token_id)
+        self._check_tokenizer()
+        self.answer = answer
+        self.answer_ids = self._encode(answer)
+        if not self.answer_ids:
+            raise ValueError(f"the answer {answer!r} encodes to no tokens")
+        self.pad_id = self._pad_id()
+        rope_params = inspect.signature(model.model.get_rope_index).parameters
+        self._rope_takes_mm_types = "mm_token_type_ids" in rope_params
+
+    # ------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str | None = None, *, min_pixels: int | None = None,
+                        max_pixels: int | None = None, fps: float = DEFAULT_FPS,
+                        attn_implementation: str | None = None) -> "QwenVLTeacher":
+        """Load a transformers Qwen2.5-VL / Qwen3-VL folder (safetensors only, no remote code).
+
+        ``min_pixels`` / ``max_pixels`` override the per-frame pixel budget of the
+        folder's preprocessor config (lower ``max_pixels`` to save memory on big frames).
+        """
+        folder = Path(path)
+        if not folder.is_dir():
+            raise UserError(f"teacher folder not found: {folder}. Give a transformers Qwen2.5-VL or Qwen3-VL folder")
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise UserError(f"{folder} has no config.json: it is not a transformers model folder "
+                            f"(expected a Qwen2.5-VL or Qwen3-VL checkpoint)")
+        config = _read_json(config_path)
+        arch = config.get("model_type")
+        if arch not in SUPPORTED_ARCHS:
+            raise UserError(f"{folder}: model_type {arch!r} is not supported as a teacher; "
+                            f"supported: {', '.join(SUPPORTED_ARCHS)} (Qwen2.5-VL, Qwen3-VL)")
+        if not _has_safetensors(folder):
+            raise UserError(f"{folder} has no *.safetensors weights (only safetensors are loaded, never pickle); "
+                            f"convert the checkpoint with save_pretrained(safe_serialization=True)")
+        if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+            raise UserError(f"{folder} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
+
+        proc_cfgs = [_read_json(folder / name) for name in ("preprocessor_config.json", "video_preprocessor_config.json")
+                     if (folder / name).is_file()]
+        try:
+            spec = pixels.spec_from_configs(arch, config, proc_cfgs).with_pixels(min_pixels, max_pixels)
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{folder}: bad vision preprocessing settings: {exc}") from None
+        vision = config.get("vision_config") or {}
+        for key, model_key in (("patch_size", "patch_size"), ("temporal_patch_size", "temporal_patch_size"),
+                               ("merge_size", "spatial_merge_size")):
+            if model_key in vision and int(vision[model_key]) != getattr(spec, key):
+                raise UserError(f"{folder}: preprocessor {key}={getattr(spec, key)} disagrees with the model's "
+                                f"vision_config {model_key}={vision[model_key]}; fix preprocessor_config.json")
+
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load the tokenizer of {folder}: {exc}") from None
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        kwargs: dict[str, Any] = {"use_safetensors": True, "dtype": dtype or torch.float32}
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        model = _model_class(arch).from_pretrained(folder, **kwargs)
+        model.to(device)
+        return cls(model, tokenizer, spec, arch, fps=fps, path=folder)
+
+    # ------------------------------------------------------------ protocol bits
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every weight of the frozen VLM (for integrity checks: it must never change)."""
+        return dict(self.model.state_dict())
+
+    # ------------------------------------------------------------ tokens and prompts
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _check_tokenizer(self) -> None:
+        for token, token_id in (("<|video_pad|>", self.video_token_id), ("<|image_pad|>", self.image_token_id)):
+            found = self.tokenizer.convert_tokens_to_ids(token)
+            if found != token_id:
+                raise UserError(f"tokenizer id of {token} is {found} but the model config says {token_id}: "
+                                f"the tokenizer does not belong to this model")
+
+    def _pad_id(self) -> int:
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    def _chat(self, content: list[dict[str, Any]]) -> str:
+        messages = [{"role": "user", "content": content}]
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _video_placeholder(self, grid_thw: torch.Tensor, num_frames: int) -> str:
+        t, h, w = (int(v) for v in grid_thw.reshape(3))
+        per_t = h * w // self.spec.merge_size ** 2
+        if self.arch == "qwen2_5_vl":
+            return "<|vision_start|>" + "<|video_pad|>" * (t * per_t) + "<|vision_end|>"
+        # Qwen3-VL: one timestamped block per temporal patch (mean time of its frames, as the processor)
+        tp = self.spec.temporal_patch_size
+        idx = list(range(num_frames)) + [num_frames - 1] * (-num_frames % tp)
+        stamps = [(idx[i] + idx[i + tp - 1]) / 2 / self.fps for i in range(0, len(idx), tp)]
+        return "".join(f"<{s:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_t + "<|vision_end|>"
+                       for s in stamps[:t])
+
+    def question_text(self, question: str, grid_thw: torch.Tensor, num_frames: int) -> str:
+        """The full prompt for one question, placeholders expanded, ending where the answer starts."""
+        text = self._chat([{"type": "video"}, {"type": "text", "text": f"{question.strip()}\n{ANSWER_INSTRUCTION}"}])
+        if text.count(VIDEO_ITEM) != 1:
+            raise UserError("the tokenizer's chat template does not render a video item as "
+                            f"{VIDEO_ITEM}; use a Qwen-VL tokenizer")
+        return text.replace(VIDEO_ITEM, self._video_placeholder(grid_thw, num_frames), 1)
+
+    def build_inputs(self, questions: Sequence[str], grid_thw: torch.Tensor, num_frames: int) -> dict[str, torch.Tensor]:
+        """Token ids of every question followed by the answer tokens, left-padded.
+
+        Returns input_ids / attention_mask / mm_token_type_ids of shape (Q, L); the last
+        ``len(answer_ids)`` positions of each row hold the teacher-forced answer.
+        """
+        rows = [self._encode(self.question_text(q, grid_thw, num_frames)) + self.answer_ids for q in questions]
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, length - len(row):] = 1
+        mm = torch.where(ids == self.video_token_id, 2, torch.where(ids == self.image_token_id, 1, 0)) * mask
+        dev = self.device
+        return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "mm_token_type_ids": mm.to(dev)}
+
+    def second_per_grid(self) -> float:
+        """Seconds covered by one temporal patch (Qwen2.5-VL's ``second_per_grid_ts``)."""
+        return self.spec.temporal_patch_size / self.fps
+
+    # ------------------------------------------------------------ the reward
+
+    def pixel_values(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, 3, H, W) in [0, 1] -> (pixel_values_videos, video_grid_thw), differentiable."""
+        frames = frames.to(self.device)
+        return pixels.frames_to_pixel_values(frames, self.spec)
+
+    def _video_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+                        ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Run the vision tower once: merged features (N, D) and Qwen3-VL's deepstack features."""
+        out = self.model.model.get_video_features(pixel_values.to(self.dtype), grid_thw)
+        if isinstance(out, tuple) and not hasattr(out, "pooler_output"):  # older transformers: plain tuples
+            embeds, deepstack = (out[0], out[1]) if len(out) > 1 else (out[0], None)
+        else:
+            embeds, deepstack = out.pooler_output, getattr(out, "deepstack_features", None)
+        if isinstance(embeds, (tuple, list)):
+            embeds = torch.cat(list(embeds), dim=0)
+        if deepstack is not None:
+            deepstack = [torch.cat(list(d), dim=0) if isinstance(d, (tuple, list)) else d for d in deepstack]
+        return embeds, (deepstack or None)
+
+    def answer_logprob(self, frames: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
+        """log P(answer | frames, question) for each question, summed over the answer's tokens.
+
+        One vision-tower pass; one batched language-model forward; logits in float32.
+        Gradients flow to ``frames`` (the model's weights are frozen).
+        """
+        questions = list(questions)
+        if not questions:
+            raise ValueError("no questions given")
+        pixel_values, grid = self.pixel_values(frames)
+        num_frames = int(frames.shape[0])
+        batch = self.build_inputs(questions, grid, num_frames)
+        ids, mask, mm = batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"]
+        n_q = len(questions)
+
+        embeds, deepstack = self._video_features(pixel_values, grid)
+        inner = self.model.model
+        text_embeds = inner.get_input_embeddings()(ids)
+        video_mask = ids == self.video_token_id
+        if int(video_mask.sum()) != n_q * embeds.shape[0]:
+            raise RuntimeError(f"video placeholders ({int(video_mask.sum())}) do not match "
+                               f"{n_q} x {embeds.shape[0]} video features")
+        inputs_embeds = text_embeds.masked_scatter(video_mask[..., None],
+                                                   embeds.to(text_embeds.dtype).repeat(n_q, 1))
+        grids = grid.repeat(n_q, 1)
+        rope_kwargs: dict[str, Any] = {"input_ids": ids, "mm_token_type_ids": mm, "video_grid_thw": grids,
+                                       "attention_mask": mask}
+        if self.arch == "qwen2_5_vl":
+            rope_kwargs["second_per_grid_ts"] = torch.full((n_q,), self.second_per_grid(), device=ids.device)
+        if not self._rope_takes_mm_types:  # transformers before mm_token_type_ids finds the pads itself
+            rope_kwargs.pop("mm_token_type_ids")
+        position_ids, _ = inner.get_rope_index(**rope_kwargs)
+
+        lm_kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": mask,
+                                     "position_ids": position_ids, "use_cache": False}
+        if deepstack is not None:
+            lm_kwargs["visual_pos_masks"] = video_mask
+            lm_kwargs["deepstack_visual_embeds"] = [d.to(text_embeds.dtype).repeat(n_q, 1) for d in deepstack]
+        hidden = inner.language_model(**lm_kwargs).last_hidden_state
+
+        n_ans = len(self.answer_ids)
+        # left padding: the answer occupies the last n_ans positions; position j predicts token j + 1
+        h = hidden[:, -n_ans - 1:-1, :]
+        weight = self.model.lm_head.weight
+        logits = torch.nn.functional.linear(h.float(), weight.float(),
+                                            None if self.model.lm_head.bias is None else self.model.lm_head.bias.float())
+        logp = torch.log_softmax(logits, dim=-1)
+        target = torch.tensor(self.answer_ids, device=logp.device).view(1, n_ans, 1).expand(n_q, -1, -1)
+        return logp.gather(-1, target).squeeze(-1).sum(-1)
+
+    def yes_logprob(self, frames: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
+        """log P("Yes") per question, shape (len(questions),), differentiable in ``frames``."""
+        return self.answer_logprob(frames, questions)
+
+    @torch.no_grad()
+    def yes_prob_no_grad(self, frames: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
+        """P("Yes") per question without building a graph (for scoring and reports)."""
+        return self.answer_logprob(frames.detach(), questions).exp()
+
+    def score(self, frames: torch.Tensor | np.ndarray, queries: Queries, lam: float = 0.5) -> dict[str, Any]:
+        """Teacher's judgement of a video (no grad): P("Yes") per query and the
+        lambda-weighted mean (goal weight ``lam``, process queries share ``1 - lam``).
+        ``frames``: the K frames the teacher should see, (K, 3, H, W) float in [0, 1] or
+        uint8 (K, H, W, 3); subsample a long video first (all given frames are encoded)."""
+        if isinstance(frames, np.ndarray):
+            from ..video import to_float
+
+            frames = to_float(frames)
+        p = self.yes_prob_no_grad(frames, queries.all).float().cpu().tolist()
+        goal, process = p[0], p[1:]
+        return {"questions": queries.all, "p_yes": p, "goal": goal, "process": process,
+                "score": lam * goal + (1.0 - lam) * sum(process) / len(process)}
+
+    # ------------------------------------------------------------ generation
+
+    def generate_text(self, prompt: str, images: Sequence[np.ndarray] = (), max_new_tokens: int = 128) -> str:
+        """Greedy generation; ``images`` (uint8 H x W x 3) come before the text, each
+        through the same pixel path as the frames."""
+        ids = self.generate_ids(prompt, images, max_new_tokens)
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def generate_ids(self, prompt: str, images: Sequence[np.ndarray] = (), max_new_tokens: int = 128) -> list[int]:
+        """The new token ids of a greedy generation (see ``generate_text``)."""
+        values, grids = [], []
+        for image in images:
+            pv, grid = pixels.image_to_pixel_values(np.asarray(image), self.spec, device=self.device)
+            values.append(pv)
+            grids.append(grid)
+        content = [{"type": "image"} for _ in values] + [{"type": "text", "text": prompt}]
+        text = self._chat(content)
+        if text.count(IMAGE_ITEM) != len(values):
+            raise UserError(f"the tokenizer's chat template does not render image items as {IMAGE_ITEM}")
+        parts = text.split(IMAGE_ITEM)  # expand each image placeholder, in order
+        text = parts[0] + "".join(
+            "<|vision_start|>" + "<|image_pad|>" * pixels.num_merged_tokens(grid, self.spec) + "<|vision_end|>" + rest
+            for grid, rest in zip(grids, parts[1:]))
+        ids = torch.tensor([self._encode(text)], dtype=torch.long, device=self.device)
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "mm_token_type_ids": (ids == self.image_token_id).long(),
+            "max_new_tokens": int(max_new_tokens),
+            "do_sample": False,
+            "pad_token_id": self.pad_id,
+        }
+        if values:
+            kwargs["pixel_values"] = torch.cat(values).to(self.dtype)
+            kwargs["image_grid_thw"] = torch.cat(grids)
+        eos = [i for i in {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
+               if isinstance(i, int) and i >= 0]
+        if eos:
+            kwargs["eos_token_id"] = eos
+        out = self.model.generate(**kwargs, temperature=None, top_p=None, top_k=None)
+        return out[0, ids.shape[1]:].tolist()
+
+    def propose_queries(self, prompt: str, first_frame: np.ndarray | None, *,
+                        max_new_tokens: int = 256) -> Queries:
+        """One goal and 1-3 process questions written by the teacher; the fallback
+        (logged as a warning) when its answer does not parse."""
+        images = [first_frame] if first_frame is not None else []
+        text = self.generate_text(query_prompt(prompt), images, max_new_tokens=max_new_tokens)
+        queries = parse_queries(text)
+        if queries is None:
+            snippet = " ".join(text.split())[:200]
+            logger.warning("teacher output did not parse as queries; using fallback questions. Output was: %r",
+                           snippet)
+            return fallback_queries(prompt)
+        return queries

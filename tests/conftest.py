@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny random models built from config, saved to disk and loaded
+back through the real adapters (no downloads are possible here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_dir(tmp_path_factory):
+    from vlm_teacher.testing.tiny_wan import build_tiny_wan_pipeline
+
+    return build_tiny_wan_pipeline(tmp_path_factory.mktemp("wan") / "tiny-wan", seed=0)
+
+
+@pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen3_vl"])
+def tiny_qwen_dir(request, tmp_path_factory):
+    from vlm_teacher.testing.tiny_qwen import build_tiny_qwen_vl
+
+    return build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen") / request.param, arch=request.param, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25_dir(tmp_path_factory):
+    from vlm_teacher.testing.tiny_qwen import build_tiny_qwen_vl
+
+    return build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen25") / "qwen2_5_vl", arch="qwen2_5_vl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def first_frame_png(tmp_path_factory):
+    from vlm_teacher.video import write_image
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    return write_image(tmp_path_factory.mktemp("img") / "first.png", img)
