@@ -143,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     from .cli_grid import add_grid_commands
+    from .cli_train import add_train_commands
 
     add_grid_commands(sub)
+    add_train_commands(sub)
     return parser
 
 
