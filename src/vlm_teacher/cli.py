@@ -91,6 +91,7 @@ def cmd_run(args) -> int:
     if not prompt:
         raise UserError("the prompt is empty: give the task instruction with --prompt TEXT")
     image = read_image(args.image) if args.image is not None else None
+    task = Task(id="run", prompt=prompt, first_frame=image)  # validates before any model loads
     queries = None
     if args.queries is not None:
         import json
@@ -109,7 +110,6 @@ def cmd_run(args) -> int:
 
     from .optimize import teach
 
-    task = Task(id="run", prompt=prompt, first_frame=image)
     result = teach(reasoner, teacher, task, config, seed=args.seed, queries=queries,
                    num_frames=args.frames, progress=not args.quiet)
     paths = write_result(args.out, result, fps=reasoner.fps, reasoner=reasoner)

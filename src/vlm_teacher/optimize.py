@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import UserError
 from .reasoner.base import X0_MODES, Reasoner, uniform_frame_indices
 from .task import Queries, Task
 from .teacher.base import Teacher
@@ -36,6 +37,13 @@ log = logging.getLogger("vlm_teacher")
 STOP_TAU = "loss<=tau"
 STOP_MAX = "max_steps"
 STOP_BUDGET = "fixed_budget"
+
+
+class OutOfMemory(UserError):
+    """The device ran out of memory during an instance; the message says what to lower."""
+
+    HINT = ("lower the frames shown to the teacher (--k), the video size or length, or turn on "
+            "checkpointing (reasoner.grad_checkpointing, reasoner.vae_checkpointing)")
 
 
 @dataclass
@@ -139,13 +147,27 @@ def teach(
     """Run the teacher-guided test-time optimisation on one task and return the final video.
 
     The fresh LoRA stays attached to ``reasoner`` afterwards so the caller can save it
-    (``reasoner.save_lora``); the next call replaces it.
+    (``reasoner.save_lora``); the next call replaces it. Device out-of-memory becomes
+    ``OutOfMemory`` (a UserError with a hint), so a benchmark records the instance as
+    failed and goes on.
     """
+    try:
+        return _optimise(reasoner, teacher, task, config or TTOConfig(), seed=seed, queries=queries,
+                         num_frames=num_frames, progress=progress, on_step=on_step)
+    except torch.OutOfMemoryError as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        first_line = (str(exc).strip().splitlines() or ["out of memory"])[0]
+        raise OutOfMemory(f"out of memory ({first_line}); {OutOfMemory.HINT}") from None
+
+
+def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, *, seed: int,
+              queries: Queries | None, num_frames: int | None, progress: bool,
+              on_step: Callable[[dict[str, Any]], None] | None) -> TTOResult:
     from tqdm.auto import tqdm
 
     from .teacher.queries import generic_queries
 
-    cfg = config or TTOConfig()
     device = getattr(reasoner, "device", torch.device("cpu"))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UserError
+
 MAX_PROCESS_QUERIES = 3
+#: Instructions of VBVR-Bench and RULER-Bench are a few hundred characters. Far longer
+#: ones overflow the teacher's context and the text encoder's 512 tokens silently, so
+#: they are refused with a clear error instead.
+MAX_PROMPT_CHARS = 8000
 
 
 @dataclass(frozen=True)
@@ -49,8 +55,17 @@ class Task:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise UserError(f"task {self.id}: the prompt is empty; give the task instruction")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise UserError(f"task {self.id}: the prompt has {len(self.prompt)} characters, more than the "
+                            f"{MAX_PROMPT_CHARS} allowed; shorten the instruction")
         if self.first_frame is not None:
             f = np.asarray(self.first_frame)
             if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
-                raise ValueError(f"first frame must be H x W x 3 uint8 RGB, got shape {f.shape} dtype {f.dtype}")
+                raise UserError(f"task {self.id}: the first frame must be H x W x 3 uint8 RGB, "
+                                f"got shape {f.shape} dtype {f.dtype}")
+            if min(f.shape[:2]) < 16:
+                raise UserError(f"task {self.id}: the first frame is {f.shape[1]}x{f.shape[0]} px, too small "
+                                "for any video model; give an image of at least 16x16")
             self.first_frame = f
