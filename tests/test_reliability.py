@@ -92,7 +92,7 @@ def test_out_of_memory_becomes_a_hint(models, task):
     ("", None, "prompt is empty"),
     ("   ", None, "prompt is empty"),
     ("x" * (MAX_PROMPT_CHARS + 1), None, "characters"),
-    ("ok", np.zeros((8, 8, 3), np.uint8), "too small"),
+    ("ok", np.zeros((0, 8, 3), np.uint8), "empty"),
     ("ok", np.zeros((32, 32), np.uint8), "H x W x 3"),
     ("ok", np.zeros((32, 32, 3), np.float32), "uint8"),
 ])

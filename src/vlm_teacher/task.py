@@ -65,7 +65,6 @@ class Task:
             if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
                 raise UserError(f"task {self.id}: the first frame must be H x W x 3 uint8 RGB, "
                                 f"got shape {f.shape} dtype {f.dtype}")
-            if min(f.shape[:2]) < 16:
-                raise UserError(f"task {self.id}: the first frame is {f.shape[1]}x{f.shape[0]} px, too small "
-                                "for any video model; give an image of at least 16x16")
+            if 0 in f.shape:
+                raise UserError(f"task {self.id}: the first frame is empty ({f.shape[1]}x{f.shape[0]} px)")
             self.first_frame = f
