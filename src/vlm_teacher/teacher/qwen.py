@@ -262,6 +262,19 @@ class QwenVLTeacher:
         One vision-tower pass; one batched language-model forward; logits in float32.
         Gradients flow to ``frames`` (the model's weights are frozen).
         """
+        logp = torch.log_softmax(self.answer_logits(frames, questions), dim=-1)
+        n_q, n_ans = logp.shape[:2]
+        target = torch.tensor(self.answer_ids, device=logp.device).view(1, n_ans, 1).expand(n_q, -1, -1)
+        return logp.gather(-1, target).squeeze(-1).sum(-1)
+
+    def answer_logits(self, frames: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
+        """Float32 logits (Q, len(answer_ids), vocab) at the answer positions, teacher-forced.
+
+        Row q, position j is the distribution of the answer's token j given the video,
+        question q and the answer's tokens before j. ``answer_logprob`` reads the answer's
+        own tokens from it; the teacher recipe trains on it (cross-entropy on Yes/No), so
+        training and use share one input construction.
+        """
         questions = list(questions)
         if not questions:
             raise ValueError("no questions given")
@@ -300,11 +313,8 @@ class QwenVLTeacher:
         # left padding: the answer occupies the last n_ans positions; position j predicts token j + 1
         h = hidden[:, -n_ans - 1:-1, :]
         weight = self.model.lm_head.weight
-        logits = torch.nn.functional.linear(h.float(), weight.float(),
-                                            None if self.model.lm_head.bias is None else self.model.lm_head.bias.float())
-        logp = torch.log_softmax(logits, dim=-1)
-        target = torch.tensor(self.answer_ids, device=logp.device).view(1, n_ans, 1).expand(n_q, -1, -1)
-        return logp.gather(-1, target).squeeze(-1).sum(-1)
+        return torch.nn.functional.linear(h.float(), weight.float(),
+                                          None if self.model.lm_head.bias is None else self.model.lm_head.bias.float())
 
     def yes_logprob(self, frames: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
         """log P("Yes") per question, shape (len(questions),), differentiable in ``frames``."""
@@ -340,6 +350,26 @@ class QwenVLTeacher:
     @torch.no_grad()
     def generate_ids(self, prompt: str, images: Sequence[np.ndarray] = (), max_new_tokens: int = 128) -> list[int]:
         """The new token ids of a greedy generation (see ``generate_text``)."""
+        inputs = self.prompt_inputs(prompt, images)
+        ids = inputs["input_ids"]
+        kwargs: dict[str, Any] = {
+            **inputs,
+            "max_new_tokens": int(max_new_tokens),
+            "do_sample": False,
+            "pad_token_id": self.pad_id,
+        }
+        eos = [i for i in {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
+               if isinstance(i, int) and i >= 0]
+        if eos:
+            kwargs["eos_token_id"] = eos
+        out = self.model.generate(**kwargs, temperature=None, top_p=None, top_k=None)
+        return out[0, ids.shape[1]:].tolist()
+
+    def prompt_inputs(self, prompt: str, images: Sequence[np.ndarray] = ()) -> dict[str, torch.Tensor]:
+        """The model inputs of a chat prompt with ``images`` before the text, ending where
+        the assistant's answer starts: input_ids, attention_mask, mm_token_type_ids and,
+        with images, pixel_values / image_grid_thw (each image through the pixel path).
+        Generation uses it, and so does the teacher recipe's query-writing loss."""
         values, grids = [], []
         for image in images:
             pv, grid = pixels.image_to_pixel_values(np.asarray(image), self.spec, device=self.device)
@@ -354,23 +384,15 @@ class QwenVLTeacher:
             "<|vision_start|>" + "<|image_pad|>" * pixels.num_merged_tokens(grid, self.spec) + "<|vision_end|>" + rest
             for grid, rest in zip(grids, parts[1:]))
         ids = torch.tensor([self._encode(text)], dtype=torch.long, device=self.device)
-        kwargs: dict[str, Any] = {
+        inputs: dict[str, torch.Tensor] = {
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
             "mm_token_type_ids": (ids == self.image_token_id).long(),
-            "max_new_tokens": int(max_new_tokens),
-            "do_sample": False,
-            "pad_token_id": self.pad_id,
         }
         if values:
-            kwargs["pixel_values"] = torch.cat(values).to(self.dtype)
-            kwargs["image_grid_thw"] = torch.cat(grids)
-        eos = [i for i in {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
-               if isinstance(i, int) and i >= 0]
-        if eos:
-            kwargs["eos_token_id"] = eos
-        out = self.model.generate(**kwargs, temperature=None, top_p=None, top_k=None)
-        return out[0, ids.shape[1]:].tolist()
+            inputs["pixel_values"] = torch.cat(values).to(self.dtype)
+            inputs["image_grid_thw"] = torch.cat(grids)
+        return inputs
 
     def propose_queries(self, prompt: str, first_frame: np.ndarray | None, *,
                         max_new_tokens: int = 256) -> Queries:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..files import write_json
 from .offline_tokenizer import build_offline_tokenizer
@@ -60,6 +60,7 @@ def build_tiny_qwen_vl(
     tie_word_embeddings: bool = False,
     max_position_embeddings: int = 32768,
     initializer_range: float = 0.02,
+    tokenizer_corpus: Iterable[str] = (),
 ) -> Path:
     """Write a tiny random ``arch`` model folder to ``out_dir`` and return its path.
 
@@ -67,7 +68,8 @@ def build_tiny_qwen_vl(
     ``min_pixels`` defaults to one merged token (so small frames are not upscaled) and
     ``max_pixels`` to 256 x 256 per frame. ``initializer_range`` is the std of the random
     weights (the released models' 0.02; tests use larger values so that wrong positions
-    or features change the outputs visibly).
+    or features change the outputs visibly). ``tokenizer_corpus``: extra lines for the
+    offline BPE (the teacher recipe passes its prompts and questions, so they encode compactly).
     """
     import torch
 
@@ -88,7 +90,7 @@ def build_tiny_qwen_vl(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_offline_tokenizer(vocab_size)
+    tokenizer = build_offline_tokenizer(vocab_size, extra_corpus=tokenizer_corpus)
     tok_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
                ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
     vocab = len(tokenizer)

@@ -1,0 +1,464 @@
+"""`vlm-teacher train teacher`: train the embedded teacher (a small Qwen3-VL) on the grid suite.
+
+    vlm-teacher train teacher --out DIR [--reasoner DIR] [--minutes 35] [--seed 0] [--resume]
+
+What it learns (``teacher_data.py`` makes the examples):
+
+(a) to answer the grid questions (``suites/grid/questions.py``: one goal
+    question, 2-3 process questions per family) about videos: ground truth,
+    corrupted, degraded, and, when a reasoner is given, the reasoner's own final
+    videos and first-step previews. The true answers come only from the pixel
+    verifier. Loss: cross-entropy on the answer token (Yes / No), weighted so each
+    question type's Yes and No count equally.
+(b) to write those questions: given ``query_prompt(instruction)`` and the first
+    frame, the JSON ``{"goal": ..., "process": [...]}``. Loss: cross-entropy on
+    the JSON tokens and the end-of-turn token.
+
+Both losses are computed through ``QwenVLTeacher`` itself (``answer_logits`` and
+``prompt_inputs``: the same prompts, pixel path and chat template as at test
+time), so training and use cannot drift apart.
+
+The run is seeded (the example stream is a function of (seed, step)), shows
+progress bars, appends every step's losses to ``train_log.jsonl``, checkpoints
+to ``--work`` every ``--ckpt-every`` steps (weights and optimizer moments as
+safetensors) and continues from there with ``--resume``. At the end it
+evaluates the saved folder (loaded with ``load_teacher``), writes ``eval.json``
+and a ``MODEL_CARD.md`` whose every figure is read from ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..files import write_json
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "preprocessor_config.json")
+LOG_NAME = "train_log.jsonl"
+EVAL_NAME = "eval.json"
+
+
+# ---------------------------------------------------------------- arguments
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..embedded import REASONER_DIR
+
+    p.add_argument("--out", required=True, type=Path, help="the teacher folder to write (transformers Qwen3-VL)")
+    p.add_argument("--reasoner", type=Path, default=None,
+                   help=f"a Wan reasoner folder whose videos and previews to train on (default: the embedded one, "
+                        f"{REASONER_DIR}, when present)")
+    p.add_argument("--no-reasoner", action="store_true", help="train on rendered videos only")
+    p.add_argument("--work", type=Path, default=None,
+                   help="checkpoints and cached reasoner videos (default: OUT.work beside OUT)")
+    p.add_argument("--minutes", type=float, default=35.0, help="wall-clock budget of the whole run (default 35)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default: as many as the time budget allows; the run is "
+                        "bit-for-bit repeatable only with --steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="checkpoint and stop after this step, as an interrupted run would (continue with --resume)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on the shared 2-core machine one thread ran a step of this "
+                        "small model 4x faster than two, which wait on each other when another job holds a core)")
+    g = p.add_argument_group("data")
+    g.add_argument("--train-tasks", type=int, default=400, help="train-split tasks per family (default 400)")
+    g.add_argument("--batch", type=int, default=4, help="videos per step (default 4)")
+    g.add_argument("--query-batch", type=int, default=1, help="query-writing examples per step (default 1)")
+    g.add_argument("--reasoner-share", type=float, default=0.5,
+                   help="share of videos drawn from the reasoner's outputs when there are any (default 0.5)")
+    g.add_argument("--weight-scan", type=int, default=400,
+                   help="examples drawn up front to balance Yes/No per question type (default 400)")
+    g.add_argument("--reasoner-jobs", type=int, default=160, help="train-split (task, seed) reasoner runs (default 160)")
+    g.add_argument("--reasoner-minutes", type=float, default=None,
+                   help="time cap for making reasoner videos (default: a quarter of --minutes)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-tasks", type=int, default=12, help="test/ood tasks per family for rendered videos (default 12)")
+    g.add_argument("--eval-reasoner", type=int, default=8,
+                   help="test/ood tasks per family for reasoner videos, 2 seeds each (default 8)")
+    g.add_argument("--eval-queries", type=int, default=12, help="test/ood tasks per family for query writing (default 12)")
+    g.add_argument("--eval-minutes", type=float, default=4.0, help="time kept back for the evaluation (default 4)")
+    g.add_argument("--no-eval", action="store_true", help="write the folder only: no eval.json, no model card")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=1.5e-3)
+    g.add_argument("--warmup", type=int, default=60)
+    g.add_argument("--ckpt-every", type=int, default=100)
+    g = p.add_argument_group("model size (a Qwen3-VL built from config)")
+    g.add_argument("--vocab", type=int, default=1024)
+    g.add_argument("--hidden", type=int, default=128)
+    g.add_argument("--layers", type=int, default=4)
+    g.add_argument("--heads", type=int, default=4)
+    g.add_argument("--kv-heads", type=int, default=2)
+    g.add_argument("--intermediate", type=int, default=384)
+    g.add_argument("--vision-depth", type=int, default=4)
+    g.add_argument("--vision-hidden", type=int, default=128)
+    g.add_argument("--vision-heads", type=int, default=4)
+    g.add_argument("--vision-intermediate", type=int, default=256)
+
+
+def _check(args) -> None:
+    for name in ("minutes", "batch", "train_tasks", "vocab", "hidden", "layers", "lr"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.steps is not None and args.steps <= 0:
+        raise UserError(f"--steps must be positive, got {args.steps}")
+    if not 0.0 <= args.reasoner_share <= 1.0:
+        raise UserError(f"--reasoner-share must be in [0, 1], got {args.reasoner_share}")
+    if args.hidden % args.heads or args.heads % args.kv_heads:
+        raise UserError("--hidden must divide by --heads, and --heads by --kv-heads")
+    if args.vision_hidden % args.vision_heads:
+        raise UserError("--vision-hidden must divide by --vision-heads")
+
+
+def _reasoner_dir(args) -> Path | None:
+    if args.no_reasoner:
+        return None
+    if args.reasoner is not None:
+        if not (args.reasoner / "model_index.json").is_file():
+            raise UserError(f"--reasoner {args.reasoner} is not a diffusers Wan pipeline folder (no model_index.json)")
+        return args.reasoner
+    from ..embedded import REASONER_DIR
+
+    return REASONER_DIR if (REASONER_DIR / "model_index.json").is_file() else None
+
+
+# ---------------------------------------------------------------- model
+
+def tokenizer_corpus() -> list[str]:
+    """Every text the teacher reads or writes on grid tasks, so the BPE encodes them compactly."""
+    from ..suites.grid import TARGET_COLOURS, prompt_for
+    from ..suites.grid.questions import PROCESS_TYPES, goal_question, process_question
+    from ..teacher.qwen import ANSWER_INSTRUCTION
+    from ..teacher.queries import query_prompt
+
+    lines = []
+    for family in PROCESS_TYPES:
+        for colour in TARGET_COLOURS:
+            prompt = prompt_for(family, colour)
+            goal = goal_question(family, colour)
+            proc = [process_question(family, k) for k in PROCESS_TYPES[family]]
+            lines += [query_prompt(prompt)] * 3 + [json.dumps({"goal": goal, "process": proc})] * 5
+            lines += [f"{q}\n{ANSWER_INSTRUCTION}" for q in [goal, *proc]] * 5
+    lines += [f"<{i / 2:.1f} seconds>" for i in range(0, 40)] * 5
+    return lines
+
+
+def _deepstack(vision_depth: int, text_layers: int) -> tuple[int, ...]:
+    """Vision layers whose features are added to the first text layers (Qwen3-VL's
+    deepstack): the middle and the last, fewer when the model is smaller."""
+    picks = sorted({vision_depth // 2, vision_depth - 1})
+    return tuple(picks[-max(1, min(len(picks), text_layers)):])
+
+
+def build_initial(folder: Path, args) -> Path:
+    from ..testing.tiny_qwen import build_tiny_qwen_vl
+
+    return build_tiny_qwen_vl(
+        folder, arch="qwen3_vl", seed=args.seed, vocab_size=args.vocab, hidden_size=args.hidden,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        intermediate_size=args.intermediate, vision_depth=args.vision_depth, vision_hidden_size=args.vision_hidden,
+        vision_num_heads=args.vision_heads, vision_intermediate_size=args.vision_intermediate,
+        num_position_embeddings=64, deepstack_visual_indexes=_deepstack(args.vision_depth, args.layers),
+        max_pixels=128 * 128, tokenizer_corpus=tokenizer_corpus())
+
+
+def save_folder(teacher, dest: Path, init: Path) -> None:
+    """The teacher as a transformers folder (safetensors weights + the initial folder's tokenizer
+    and preprocessor files), written beside ``dest`` then renamed over it."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    teacher.model.save_pretrained(tmp, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (init / name).is_file():
+            shutil.copy2(init / name, tmp / name)
+    old = dest.with_name(dest.name + ".old")
+    if dest.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        dest.rename(old)
+    tmp.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _optimizer(params, args) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01, foreach=True)
+
+
+def lr_at(step: int, progress: float, args) -> float:
+    """Linear warm-up over ``args.warmup`` steps, then cosine down to a tenth as ``progress``
+    (the fraction of the run done: of the steps with --steps, else of the training time) goes to 1."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    frac = min(1.0, max(0.0, progress))
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def save_checkpoint(work: Path, teacher, optimizer, init: Path, state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    ckpt = work / "ckpt"
+    save_folder(teacher, ckpt, init)
+    names = {id(p): n for n, p in teacher.model.named_parameters()}
+    tensors = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"{names[id(p)]}::{key}"] = value.detach().reshape(value.shape).contiguous().clone()
+    save_file(tensors, str(work / "optimizer.safetensors.tmp"))
+    (work / "optimizer.safetensors.tmp").replace(work / "optimizer.safetensors")
+    write_json(work / "state.json", state)
+
+
+def load_optimizer_state(work: Path, teacher, optimizer) -> None:
+    from safetensors.torch import load_file
+
+    saved = load_file(str(work / "optimizer.safetensors"))
+    params = dict(teacher.model.named_parameters())
+    for key, value in saved.items():
+        name, field = key.split("::")
+        optimizer.state[params[name]][field] = value
+
+
+# ---------------------------------------------------------------- losses
+
+def answer_loss(teacher, example, weights: dict[tuple[str, bool], float], yes_no: tuple[int, int]) -> torch.Tensor:
+    """Weighted cross-entropy on the answer token, through ``QwenVLTeacher.answer_logits``."""
+    from ..video import to_float
+
+    kinds = list(example.labels)
+    qs = example.questions
+    logits = teacher.answer_logits(to_float(example.video), [qs[k] for k in kinds])[:, 0]
+    target = torch.tensor([yes_no[0] if example.labels[k] else yes_no[1] for k in kinds])
+    w = torch.tensor([weights.get((k, example.labels[k]), 1.0) for k in kinds])
+    return (torch.nn.functional.cross_entropy(logits, target, reduction="none") * w).sum()
+
+
+def query_loss(teacher, task) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy on the JSON queries and the end-of-turn token, and the token count."""
+    from ..suites.grid.questions import queries_json
+    from ..teacher.queries import query_prompt
+
+    inputs = teacher.prompt_inputs(query_prompt(task.prompt), [task.first_frame()])
+    target = teacher.tokenizer(queries_json(task), add_special_tokens=False)["input_ids"]
+    target = list(target) + [teacher.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    prompt_ids = inputs["input_ids"]
+    ids = torch.cat([prompt_ids, torch.tensor([target], dtype=torch.long)], dim=1)
+    batch = dict(inputs)
+    batch.update(input_ids=ids, attention_mask=torch.ones_like(ids),
+                 mm_token_type_ids=(ids == teacher.image_token_id).long())
+    logits = teacher.model(**batch, use_cache=False).logits[0]
+    start = prompt_ids.shape[1]
+    pred = logits[start - 1:-1].float()
+    return torch.nn.functional.cross_entropy(pred, ids[0, start:], reduction="sum"), len(target)
+
+
+def class_weights(examples) -> dict[tuple[str, bool], float]:
+    """Per (question type, answer): 0.5 / frequency of that answer within the type, clipped
+    to [0.25, 4], so Yes and No weigh the same for every question type."""
+    counts: dict[tuple[str, bool], int] = {}
+    for ex in examples:
+        for k, v in ex.labels.items():
+            counts[(k, v)] = counts.get((k, v), 0) + 1
+    out = {}
+    for (k, v), n in counts.items():
+        total = n + counts.get((k, not v), 0)
+        out[(k, v)] = float(min(4.0, max(0.25, 0.5 * total / n)))
+    return out
+
+
+# ---------------------------------------------------------------- the run
+
+class Stream:
+    """The training examples of step ``s``: a pure function of (seed, s)."""
+
+    def __init__(self, tasks, reasoner_examples, args) -> None:
+        from .teacher_data import goal_variants
+
+        self.tasks = tasks
+        self.reasoner_examples = reasoner_examples
+        self.query_tasks = [v for t in tasks for v in goal_variants(t)]
+        self.args = args
+        self.share = args.reasoner_share if reasoner_examples else 0.0
+
+    def draw(self, rng: np.random.Generator):
+        from .teacher_data import render_example
+
+        if self.share and rng.random() < self.share:
+            return self.reasoner_examples[int(rng.integers(len(self.reasoner_examples)))]
+        return render_example(self.tasks[int(rng.integers(len(self.tasks)))], rng)
+
+    def step(self, step: int):
+        rng = np.random.default_rng([self.args.seed, 1, step])
+        videos = [self.draw(rng) for _ in range(self.args.batch)]
+        queries = [self.query_tasks[int(rng.integers(len(self.query_tasks)))] for _ in range(self.args.query_batch)]
+        return videos, queries
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ..suites.grid import grid_tasks
+    from ..teacher.qwen import QwenVLTeacher
+    from . import teacher_eval
+    from .teacher_data import reasoner_samples
+
+    _check(args)
+    t0 = time.monotonic()
+    budget = args.minutes * 60.0
+    torch.set_num_threads(max(1, args.threads))
+    out: Path = args.out
+    work: Path = args.work or out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    reasoner_dir = _reasoner_dir(args)
+    state_path = work / "state.json"
+    resuming = args.resume and state_path.is_file() and (work / "ckpt" / "config.json").is_file()
+    if args.resume and not resuming:
+        print(f"no checkpoint in {work}; starting from scratch")
+    if not resuming:
+        for name in ("ckpt", "init", "state.json", "optimizer.safetensors", LOG_NAME):
+            path = work / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    # the initial (random) model: its tokenizer and preprocessor files are kept for every save
+    init = work / "init"
+    if not (init / "config.json").is_file():
+        build_initial(init, args)
+    print(f"reasoner: {reasoner_dir}" if reasoner_dir else
+          "reasoner: none available; training on ground-truth, corrupted and degraded renders only")
+
+    # (task, seed) jobs for the reasoner: evaluation first (test and ood), then training
+    reasoner = None
+    eval_jobs = [(t, s) for split in ("test", "ood") for t in grid_tasks(split, args.eval_reasoner)
+                 for s in (1001, 1002)]
+    train_jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (args.reasoner_jobs + 1) // 2, seed=7),
+                                              np.random.default_rng([args.seed, 2]).integers(0, 10**6, size=args.reasoner_jobs))]
+    if reasoner_dir is not None:
+        from ..reasoner import load_reasoner
+
+        reasoner = load_reasoner(reasoner_dir)
+    r_minutes = args.reasoner_minutes if args.reasoner_minutes is not None else args.minutes / 4
+    cache = work / f"reasoner-{reasoner_dir.name if reasoner_dir else 'none'}"
+    eval_samples = reasoner_samples(reasoner, eval_jobs, cache, deadline=t0 + r_minutes * 60 * 0.4,
+                                    desc="reasoner videos (eval)") if reasoner_dir else []
+    train_samples = reasoner_samples(reasoner, train_jobs, cache, deadline=t0 + r_minutes * 60,
+                                     desc="reasoner videos (train)") if reasoner_dir else []
+    del reasoner
+    reasoner_examples = [ex for s in train_samples for ex in s.examples()]
+    if reasoner_dir:
+        print(f"reasoner videos: {len(train_samples)} for training, {len(eval_samples)} for evaluation")
+
+    tasks = grid_tasks("train", args.train_tasks, seed=args.seed)
+    stream = Stream(tasks, reasoner_examples, args)
+    scan_rng = np.random.default_rng([args.seed, 3])
+    weights = class_weights([stream.draw(scan_rng) for _ in range(max(1, args.weight_scan))])
+
+    teacher = QwenVLTeacher.from_pretrained(work / "ckpt" if resuming else init)
+    teacher.model.requires_grad_(True)
+    teacher.model.train()
+    yes_no = (teacher.tokenizer.convert_tokens_to_ids("Yes"), teacher.tokenizer.convert_tokens_to_ids("No"))
+    params = [p for p in teacher.model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, args)
+    state: dict[str, Any] = {"step": 0, "train_seconds": 0.0, "seed": args.seed}
+    if resuming:
+        state = json.loads(state_path.read_text())
+        load_optimizer_state(work, teacher, optimizer)
+        print(f"resuming at step {state['step']}")
+    log_path = work / LOG_NAME
+    if log_path.is_file():  # drop lines written after the checkpoint
+        keep = [line for line in log_path.read_text().splitlines() if line.strip()
+                and json.loads(line)["step"] <= state["step"]]
+        log_path.write_text("".join(line + "\n" for line in keep))
+
+    # the time left for training; the learning-rate schedule follows the steps when --steps is
+    # given (deterministic), else the training time (robust to a machine shared with other jobs)
+    train_deadline = t0 + budget - args.eval_minutes * 60
+    if "train_budget" not in state or not resuming:
+        state["train_budget"] = max(1.0, train_deadline - time.monotonic())
+    step = int(state["step"])
+    total = args.steps
+    bar = tqdm(total=total, initial=step, desc="train teacher", unit="step")
+    with open(log_path, "a") as log:
+        while total is None or step < total:
+            if time.monotonic() > train_deadline:
+                print(f"time budget reached at step {step}")
+                break
+            if args.stop_at is not None and step >= args.stop_at:
+                break
+            ts = time.monotonic()
+            progress = step / total if total else float(state["train_seconds"]) / state["train_budget"]
+            lr = lr_at(step, progress, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            videos, qtasks = stream.step(step)
+            optimizer.zero_grad(set_to_none=True)
+            n_answers = sum(len(v.labels) for v in videos)
+            a_loss = 0.0
+            for ex in videos:
+                loss = answer_loss(teacher, ex, weights, yes_no) / n_answers
+                loss.backward()
+                a_loss += float(loss.detach())
+            q_loss = 0.0
+            for qt in qtasks:
+                loss, n = query_loss(teacher, qt)
+                loss = loss / (n * len(qtasks))
+                loss.backward()
+                q_loss += float(loss.detach())
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+            optimizer.step()
+            step += 1
+            seconds = time.monotonic() - ts
+            state["train_seconds"] = float(state["train_seconds"]) + seconds
+            log.write(json.dumps({"step": step, "lr": lr, "answer_loss": a_loss, "query_loss": q_loss,
+                                  "grad_norm": grad_norm, "seconds": round(seconds, 4),
+                                  "sources": [v.source for v in videos]}) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(answer=f"{a_loss:.3f}", query=f"{q_loss:.3f}")
+            if step % args.ckpt_every == 0:
+                state["step"] = step
+                save_checkpoint(work, teacher, optimizer, init, state)
+    bar.close()
+    state["step"] = step
+    save_checkpoint(work, teacher, optimizer, init, state)
+    if args.stop_at is not None and step >= args.stop_at and (total is None or step < total):
+        print(f"stopped at step {step} as asked; continue with --resume")
+        return 0
+
+    # ship: the folder, the loss log, the evaluation and the model card
+    teacher.model.eval()
+    save_folder(teacher, out, init)
+    shutil.copy2(log_path, out / LOG_NAME)
+    del teacher, optimizer
+    if args.no_eval:
+        print(f"wrote {out} (no evaluation: --no-eval)")
+        return 0
+    figures = teacher_eval.evaluate(out, eval_samples, args)
+    figures["training"] = {
+        "steps": step, "threads": args.threads, "train_seconds": round(float(state["train_seconds"]), 1),
+        "reasoner": str(reasoner_dir) if reasoner_dir else None,
+        "reasoner_train_videos": len(train_samples), "reasoner_eval_videos": len(eval_samples),
+        "train_tasks_per_family": args.train_tasks, "seed": args.seed,
+        "wall_seconds": round(time.monotonic() - t0, 1),
+        "weights_mb": round(sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6, 2),
+        "class_weights": {f"{k}={'yes' if v else 'no'}": w for (k, v), w in sorted(weights.items())},
+    }
+    write_json(out / EVAL_NAME, figures)
+    teacher_eval.write_model_card(out, figures, args)
+    print(f"wrote {out} ({figures['training']['weights_mb']} MB of weights); figures in {out / EVAL_NAME}")
+    return 0

@@ -1,0 +1,213 @@
+"""Training and evaluation examples for the embedded teacher.
+
+An example is one video (uint8 frames the teacher will see), the task whose
+questions are asked about it, and the true answers. The answers come only from
+the pixel verifier (``suites/grid/verify.py`` via ``questions.answers``) applied
+to the video that decides them:
+
+- renders: the ground-truth video, a corrupted one (every kind of
+  ``corrupt.py``), or either degraded (blur, temporal smear, ghosting towards
+  the mean frame, noise: what a small video model's outputs look like), each
+  verified AFTER degrading, so a video blurred beyond reading is labelled as
+  failing, as the verifier sees it;
+- counterfactual questions: the same video asked about another target colour
+  (``GridTask.with_goal``), so the goal question gets both answers on one video;
+- reasoner videos: the embedded reasoner's final 4-step video (labelled by its
+  own verdict) and its first-step preview decoded from x0_hat = eps - v(eps, 1)
+  (labelled by the verdict of the final video from the same noise): exactly
+  what the teacher is shown during test-time optimisation.
+
+Every draw takes an explicit ``numpy.random.Generator``, so the training stream
+is a pure function of (seed, step): that is what makes a resumed run identical
+to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..suites.grid import CORRUPTIONS, GridTask, corrupt, verify
+from ..suites.grid.generate import IN_DOMAIN_GOALS
+from ..suites.grid.questions import answers, questions
+
+#: the frames the teacher is shown during test-time optimisation (optimize.TTOConfig default K)
+SHOWN_FRAMES = 24
+
+
+@dataclass
+class Example:
+    """One video and its questions with their true answers (True = "Yes")."""
+
+    video: np.ndarray              # (T, H, W, 3) uint8: what the teacher sees
+    task: GridTask                 # whose questions are asked (goal colour included)
+    labels: dict[str, bool]        # question type -> answer
+    source: str                    # gt | counterfactual | corrupt:<kind> | degraded | reasoner_final | reasoner_preview
+
+    @property
+    def questions(self) -> dict[str, str]:
+        q = questions(self.task)
+        return {k: q[k] for k in self.labels}
+
+
+def goal_variants(task: GridTask, colours: Sequence[str] = IN_DOMAIN_GOALS) -> list[GridTask]:
+    """The task and its counterfactual instructions naming another target colour of the
+    same first frame (only ``colours``: magenta goals are held out for the ood split)."""
+    out = [task]
+    for colour in task.state.colours:
+        if colour != task.goal_colour and colour in colours:
+            try:
+                out.append(task.with_goal(colour))
+            except ValueError:  # unreachable target
+                pass
+    return out
+
+
+def labelled(task: GridTask, video: np.ndarray, source: str, decider: np.ndarray | None = None) -> Example:
+    """An example whose answers are the verifier's verdict of ``decider`` (default: the video itself)."""
+    verdict = verify(task, video if decider is None else decider)
+    return Example(video=video, task=task, labels=answers(task, verdict), source=source)
+
+
+# ---------------------------------------------------------------- degradations
+
+def _blur(video: np.ndarray, sigma: float) -> np.ndarray:
+    x = torch.from_numpy(video).permute(0, 3, 1, 2).float()
+    radius = max(1, int(3 * sigma))
+    k = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
+    k = (k / k.sum()).to(x)
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def degrade(video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random mix of the artefacts of a small video model's previews: spatial blur,
+    temporal smear (each frame mixed with its neighbours), ghosting towards the mean
+    frame, and noise. The first frame is left alone (the reasoner pins it)."""
+    v = video.astype(np.float32)
+    if rng.random() < 0.6:
+        v = _blur(v, float(rng.uniform(0.4, 2.2)))
+    if rng.random() < 0.5 and len(v) > 2:
+        a = float(rng.uniform(0.1, 0.6))
+        nb = (np.concatenate([v[:1], v[:-1]]) + np.concatenate([v[1:], v[-1:]])) / 2
+        v = (1 - a) * v + a * nb
+    if rng.random() < 0.4:
+        a = float(rng.uniform(0.1, 0.6))
+        v = (1 - a) * v + a * v.mean(axis=0, keepdims=True)
+    if rng.random() < 0.5:
+        v = v + rng.normal(0.0, float(rng.uniform(1.0, 12.0)), size=v.shape)
+    out = np.clip(np.rint(v), 0, 255).astype(np.uint8)
+    out[0] = video[0]
+    return out
+
+
+# ---------------------------------------------------------------- renders
+
+#: how a rendered training example is made (probabilities)
+RENDER_MIX = {"gt": 0.2, "corrupt": 0.45, "degraded": 0.35}
+
+
+def render_example(task: GridTask, rng: np.random.Generator, mix: dict[str, float] = RENDER_MIX) -> Example:
+    """A rendered example of ``task``: ground truth, corrupted, or degraded (either of
+    them), asked about the task or one of its counterfactual goals."""
+    kinds = list(mix)
+    kind = kinds[int(rng.choice(len(kinds), p=np.array([mix[k] for k in kinds]) / sum(mix.values())))]
+    video = task.video()
+    source = "gt"
+    if kind == "corrupt" or (kind == "degraded" and rng.random() < 0.5):
+        options = CORRUPTIONS[task.family]
+        c = options[int(rng.integers(len(options)))]
+        try:
+            video = corrupt(task, video, c, rng)
+            source = f"corrupt:{c}"
+        except ValueError:  # this corruption does not apply to this task
+            pass
+    if kind == "degraded":
+        video = degrade(video, rng)
+        source = "degraded"
+    variants = goal_variants(task)
+    ask = variants[int(rng.integers(len(variants)))]
+    if ask is not task and source == "gt":
+        source = "counterfactual"
+    return labelled(ask, video, source)
+
+
+# ---------------------------------------------------------------- the reasoner
+
+@dataclass
+class ReasonerSample:
+    """What the reasoner made for one (task, seed): its first-step preview and its final video."""
+
+    task: GridTask
+    seed: int
+    preview: np.ndarray   # (K, H, W, 3) uint8, the K frames shown to the teacher
+    final: np.ndarray     # (T, H, W, 3) uint8, the 4-step video, fully decoded
+
+    def examples(self) -> list[Example]:
+        """Preview and final video, each asked about the task and its counterfactual goals;
+        every answer is the verifier's verdict of the FINAL video."""
+        out = []
+        for ask in goal_variants(self.task):
+            out.append(labelled(ask, self.final, "reasoner_final"))
+            out.append(labelled(ask, self.preview, "reasoner_preview", decider=self.final))
+        return out
+
+
+def run_reasoner(reasoner: Any, task: GridTask, seed: int, shown: int = SHOWN_FRAMES) -> ReasonerSample:
+    """The preview the test-time loop would show the teacher at step 1 (no LoRA) and the
+    final video the frozen reasoner makes from the same noise."""
+    from ..reasoner.base import uniform_frame_indices
+    from ..video import to_uint8
+
+    with torch.no_grad():
+        cond = reasoner.prepare(task.prompt, task.first_frame(), seed, num_frames=task.num_frames)
+        idx = uniform_frame_indices(cond.num_frames, shown)
+        preview = reasoner.preview(reasoner.predict_x0(cond, mode="first"), idx)
+        final = reasoner.generate(cond)
+    return ReasonerSample(task=task, seed=seed, preview=to_uint8(preview.clamp(0, 1)), final=to_uint8(final))
+
+
+def save_sample(path: Path, sample: ReasonerSample) -> None:
+    from ..files import atomic_path
+
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, preview=sample.preview, final=sample.final, seed=sample.seed)
+
+
+def load_sample(path: Path, task: GridTask) -> ReasonerSample:
+    with np.load(path, allow_pickle=False) as data:
+        return ReasonerSample(task=task, seed=int(data["seed"]), preview=data["preview"], final=data["final"])
+
+
+def reasoner_samples(reasoner: Any, jobs: Sequence[tuple[GridTask, int]], cache: Path, *,
+                     deadline: float | None = None, desc: str = "reasoner videos",
+                     clock: Callable[[], float] | None = None) -> list[ReasonerSample]:
+    """Run the reasoner on each (task, seed), caching each result as it is made (a killed
+    run resumes from the cache). Stops starting new jobs after ``deadline`` (clock seconds)."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    clock = clock or time.monotonic
+    cache.mkdir(parents=True, exist_ok=True)
+    out: list[ReasonerSample] = []
+    for task, seed in tqdm(jobs, desc=desc, unit="video", leave=False):
+        path = cache / f"{task.id}-s{seed}.npz"
+        if path.is_file():
+            out.append(load_sample(path, task))
+            continue
+        if reasoner is None or (deadline is not None and clock() > deadline):
+            continue
+        sample = run_reasoner(reasoner, task, seed)
+        save_sample(path, sample)
+        out.append(sample)
+    return out

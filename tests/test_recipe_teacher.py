@@ -1,0 +1,163 @@
+"""The teacher recipe (`vlm-teacher train teacher`) and the shipped embedded teacher.
+
+Recipe runs use tiny sizes and a handful of steps; the reasoner-data path uses a
+tiny random Wan pipeline at the grid size (96 px, 9 frames)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from vlm_teacher.cli import main
+from vlm_teacher.embedded import TEACHER_DIR
+from vlm_teacher.suites.grid import corrupt, grid_tasks, verify
+from vlm_teacher.suites.grid.questions import answers, grid_queries, queries_json, questions
+from vlm_teacher.teacher.queries import parse_queries
+
+TINY = ["--vocab", "700", "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1",
+        "--intermediate", "64", "--vision-depth", "1", "--vision-hidden", "32", "--vision-heads", "2",
+        "--vision-intermediate", "64", "--train-tasks", "3", "--batch", "2", "--warmup", "2", "--weight-scan", "40"]
+
+
+def _train(out: Path, *extra: str) -> int:
+    return main(["train", "teacher", "--out", str(out), "--work", str(out) + ".work", *TINY, *extra])
+
+
+def _weights(folder: Path) -> dict[str, np.ndarray]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def grid_wan_dir(tmp_path_factory):
+    from vlm_teacher.testing.tiny_wan import build_tiny_wan_pipeline
+
+    return build_tiny_wan_pipeline(tmp_path_factory.mktemp("gridwan") / "wan", seed=0, height=96, width=96)
+
+
+def test_questions_cover_the_verifier():
+    """All answers Yes <=> the verifier passes, on ground truth and on every corruption."""
+    rng = np.random.default_rng(0)
+    from vlm_teacher.suites.grid import CORRUPTIONS
+
+    for task in grid_tasks("test", 3):
+        video = task.video()
+        assert all(answers(task, verify(task, video)).values())
+        for kind in CORRUPTIONS[task.family]:
+            try:
+                bad = corrupt(task, video, kind, rng)
+            except ValueError:
+                continue
+            verdict = verify(task, bad)
+            got = answers(task, verdict)
+            assert all(got.values()) == verdict.passed, (task.id, kind, got)
+        assert parse_queries(queries_json(task)).all == grid_queries(task).all
+        assert set(questions(task)) == {"goal", "moves", "intact"} | ({"box"} if task.family == "push" else set())
+
+
+def test_recipe_end_to_end_with_a_reasoner(tmp_path, grid_wan_dir):
+    from vlm_teacher.teacher import load_teacher
+
+    out = tmp_path / "teacher"
+    rc = _train(out, "--reasoner", str(grid_wan_dir), "--steps", "3", "--reasoner-jobs", "2",
+                "--eval-tasks", "1", "--eval-reasoner", "1", "--eval-queries", "1")
+    assert rc == 0
+    figures = json.loads((out / "eval.json").read_text())
+    assert figures["training"]["steps"] == 3 and figures["training"]["reasoner_train_videos"] == 2
+    assert set(figures["reasoner"]) == {"test", "ood"}
+    for split in ("test", "ood"):
+        r = figures["reasoner"][split]
+        assert r["videos"] == 4  # 1 task per family x 2 seeds
+        assert r["reasoner_preview"]["goal"]["n"] > 0 and 0.0 <= r["calibration"]["ece"] <= 1.0
+        assert r["hacking"]["videos_failing"] >= 0
+        assert figures["queries"][split]["n"] == 2
+        assert {"test/clean", "test/corrupted"} <= set(figures["renders"])
+    lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert str(figures["training"]["steps"]) in card and "Reward hacking" in card
+    assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))
+    teacher = load_teacher(out)  # the adapter loads it like any Qwen3-VL folder
+    task = grid_tasks("test", 1)[0]
+    from vlm_teacher.video import to_float
+
+    p = teacher.yes_prob_no_grad(to_float(task.video()), grid_queries(task).all)
+    assert p.shape == (3,) and bool(((p > 0) & (p < 1)).all())
+    # the reasoner's videos were cached for a rerun
+    assert len(list((Path(str(out) + ".work")).glob("reasoner-*/*.npz"))) == 2 + 8
+
+
+def test_recipe_is_seeded(tmp_path):
+    assert _train(tmp_path / "a", "--no-reasoner", "--steps", "2", "--no-eval") == 0
+    assert _train(tmp_path / "b", "--no-reasoner", "--steps", "2", "--no-eval") == 0
+    assert _train(tmp_path / "c", "--no-reasoner", "--steps", "2", "--no-eval", "--seed", "1") == 0
+    a, b, c = (_weights(tmp_path / x) for x in "abc")
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(not np.array_equal(a[k], c[k]) for k in a if k in c)
+
+
+def test_recipe_resumes_to_the_same_weights(tmp_path):
+    assert _train(tmp_path / "full", "--no-reasoner", "--steps", "4", "--no-eval") == 0
+    assert _train(tmp_path / "cut", "--no-reasoner", "--steps", "4", "--no-eval", "--stop-at", "2") == 0
+    assert not (tmp_path / "cut").exists()  # stopped before shipping
+    state = json.loads((tmp_path / "cut.work" / "state.json").read_text())
+    assert state["step"] == 2
+    assert _train(tmp_path / "cut", "--no-reasoner", "--steps", "4", "--no-eval", "--resume") == 0
+    full, cut = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert all(np.allclose(full[k], cut[k], atol=1e-6) for k in full)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_bad_arguments_are_user_errors(tmp_path, capsys):
+    assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--reasoner", str(tmp_path)]) == 2
+    assert "model_index.json" in capsys.readouterr().err
+    assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--batch", "0"]) == 2
+
+
+# ---------------------------------------------------------------- the shipped teacher
+
+shipped = pytest.mark.skipif(not (TEACHER_DIR / "config.json").is_file(), reason="no embedded teacher shipped")
+
+
+@pytest.fixture(scope="module")
+def embedded_teacher():
+    from vlm_teacher.teacher import load_teacher
+
+    return load_teacher(TEACHER_DIR)
+
+
+@shipped
+def test_embedded_teacher_writes_the_task_questions(embedded_teacher):
+    for task in grid_tasks("test", 3):
+        q = embedded_teacher.propose_queries(task.prompt, task.first_frame())
+        assert q.source == "teacher", task.id
+        assert task.goal_colour in q.goal, (task.id, q.goal)
+
+
+@shipped
+def test_embedded_teacher_prefers_the_true_goal(embedded_teacher):
+    from vlm_teacher.video import to_float
+
+    rng = np.random.default_rng(0)
+    tasks = grid_tasks("test", 5)  # 5 maze + 5 push
+    better = 0
+    for task in tasks:
+        goal = grid_queries(task).goal
+        gt = embedded_teacher.yes_prob_no_grad(to_float(task.video()), [goal])[0]
+        wrong = embedded_teacher.yes_prob_no_grad(to_float(corrupt(task, task.video(), "wrong_target", rng)), [goal])[0]
+        better += bool(gt > wrong)
+    assert better >= 8, f"P(yes) higher on the ground truth for only {better} of {len(tasks)} tasks"
+
+
+@shipped
+def test_embedded_teacher_files_and_size():
+    files = {p.name for p in TEACHER_DIR.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "MODEL_CARD.md",
+            "eval.json"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
+    assert sum(p.stat().st_size for p in TEACHER_DIR.glob("*.safetensors")) < 15e6
