@@ -1,0 +1,749 @@
+"""`vlm-teacher train reasoner`: train the embedded Reasoner, a small Wan2.2-style pipeline.
+
+One command runs the whole recipe on a CPU in well under an hour:
+
+1. **VAE** - a small ``AutoencoderKLWan`` of the Wan2.2 flavour (z_dim 48,
+   residual blocks, 2x2 patchify, 16x spatial, 4x temporal) learns to
+   reconstruct grid videos. A grid cell is 16 px, so one cell is one latent
+   position, and 9 frames are 3 latent frames. It sees right *and* wrong videos
+   (``grid_videos``), so the reasoner's mistakes survive a decode.
+2. **Latent cache** - the ground-truth videos of the train split and their
+   counterfactual pairs (same first frame, another named goal colour) are
+   encoded once; the per-channel mean/std of these latents become the VAE's
+   ``latents_mean``/``latents_std``, as in real Wan checkpoints.
+3. **Transformer** - a small ``WanTransformer3DModel`` (patch 1x1x1: one token
+   per cell per latent frame) learns flow matching exactly as ``WanReasoner``
+   samples: latent frame 0 is the clean encoded first frame with timestep 0
+   on its tokens, the other tokens share the timestep ``sigma * 1000``,
+   ``x_t = (1 - sigma) x0 + sigma eps`` and the target is ``v = eps - x0``.
+   Noise levels are drawn with weight on the high end: sigma = 1 exactly (the
+   step the test-time method optimises), the other levels of the 4-step
+   sampler, and a shifted uniform draw.
+
+The text encoder (a small UMT5 with an offline BPE tokenizer) is random and
+frozen: its outputs still differ per prompt token, and the transformer's cross
+attention learns to read the goal colour from them (the counterfactual pairs
+make the colour the only difference between two training examples).
+
+Repeatability and resumption: the seed fixes model init and both data
+streams; checkpoints (safetensors + JSON, never pickle) hold the weights, the
+optimiser state and the random states, so ``--resume`` continues the exact
+run. Each stage stops at its step count or its share of ``--minutes``,
+whichever comes first; the log (``log.jsonl``) says which. The same seed and
+step counts give the same model on the same machine as long as no stage hits
+its time limit.
+
+Outputs in ``--out``: ``model/`` (the pipeline folder with ``vlm_teacher.json``,
+``metrics.json`` and ``MODEL_CARD.md``), ``log.jsonl``, ``checkpoint/``,
+``cache/``. ``--export DIR`` copies ``model/`` to DIR (the shipped folder is
+``src/vlm_teacher/embedded/grid-wan``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..files import atomic_path, write_json, write_text
+
+STAGES = ("vae", "latents", "transformer", "done")
+#: the model-shaping arguments; a resumed run must use the same ones
+ARCH_KEYS = ("seed", "train_tasks", "vae_base_dim", "vae_steps", "vae_batch", "vae_crop", "vae_lr", "vae_kl",
+             "dit_steps", "dit_batch", "dit_lr", "dit_layers", "dit_heads", "dit_head_dim", "dit_ffn",
+             "text_dim", "text_layers", "text_heads", "flow_shift", "sampler_steps", "max_sequence_length")
+NUM_FRAMES, SIZE, FPS = 9, 96, 8
+TRAINED = ("vae", "transformer")
+
+
+# ---------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="work folder (model/, log.jsonl, checkpoint/)")
+    p.add_argument("--minutes", type=float, default=40.0,
+                   help="wall-clock budget of the two training stages (default %(default)s); "
+                        "--vae-share of it for the VAE, the rest for the transformer")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
+    p.add_argument("--export", type=Path, default=None,
+                   help="copy the finished model folder here (e.g. src/vlm_teacher/embedded/grid-wan)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default %(default)s: on this shared 2-core machine one thread "
+                        "measured many times faster than two, which stall each other under load)")
+    p.add_argument("--device", default="cpu", help="torch device for training (default %(default)s)")
+    g = p.add_argument_group("data and evaluation")
+    g.add_argument("--train-tasks", type=int, default=2000, help="train-split tasks per family (default %(default)s)")
+    g.add_argument("--eval-tasks", type=int, default=25,
+                   help="test and ood tasks per family to evaluate at the end (0: skip; default %(default)s)")
+    g = p.add_argument_group("VAE")
+    g.add_argument("--vae-steps", type=int, default=700)
+    g.add_argument("--vae-batch", type=int, default=8)
+    g.add_argument("--vae-crop", type=int, default=4, help="train on random crops of this many cells a side")
+    g.add_argument("--vae-lr", type=float, default=1e-3)
+    g.add_argument("--vae-kl", type=float, default=1e-4, help="weight of the per-element KL term")
+    g.add_argument("--vae-base-dim", type=int, default=16)
+    g.add_argument("--vae-share", type=float, default=0.3, help="fraction of --minutes for the VAE")
+    g = p.add_argument_group("text encoder and transformer")
+    g.add_argument("--text-dim", type=int, default=64)
+    g.add_argument("--text-layers", type=int, default=2)
+    g.add_argument("--text-heads", type=int, default=4)
+    g.add_argument("--max-sequence-length", type=int, default=64)
+    g.add_argument("--dit-steps", type=int, default=4000)
+    g.add_argument("--dit-batch", type=int, default=32)
+    g.add_argument("--dit-lr", type=float, default=5e-4)
+    g.add_argument("--dit-layers", type=int, default=6)
+    g.add_argument("--dit-heads", type=int, default=4)
+    g.add_argument("--dit-head-dim", type=int, default=32)
+    g.add_argument("--dit-ffn", type=int, default=512)
+    g.add_argument("--flow-shift", type=float, default=2.0, help="sampler shift saved in the scheduler config")
+    g.add_argument("--sampler-steps", type=int, default=4)
+    g.add_argument("--checkpoint-every", type=int, default=200)
+    # tests: end the current stage after this many steps of this invocation, as if killed
+    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _check_args(args) -> None:
+    positive = ("train_tasks", "vae_steps", "vae_batch", "vae_crop", "vae_base_dim", "text_dim", "text_layers",
+                "text_heads", "max_sequence_length", "dit_steps", "dit_batch", "dit_layers", "dit_heads",
+                "dit_head_dim", "dit_ffn", "sampler_steps", "checkpoint_every", "threads")
+    for key in positive:
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if args.minutes <= 0:
+        raise UserError(f"--minutes must be > 0, got {args.minutes}")
+    if not 0 < args.vae_share < 1:
+        raise UserError(f"--vae-share must be between 0 and 1, got {args.vae_share}")
+    if args.dit_head_dim % 2 or args.dit_head_dim < 8:
+        raise UserError("--dit-head-dim must be even and >= 8 (Wan's 3-axis rotary embedding)")
+    if args.eval_tasks < 0:
+        raise UserError(f"--eval-tasks must be >= 0, got {args.eval_tasks}")
+
+
+# ---------------------------------------------------------------------------- small helpers
+class JsonlLog:
+    """Append-only JSONL log of losses and events (one flush per line, survives a kill)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **record: Any) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warmup, then cosine decay to 5% of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _to_pixels(videos: list[np.ndarray], device) -> torch.Tensor:
+    """uint8 (T, H, W, 3) videos -> (B, 3, T, H, W) float in [-1, 1]."""
+    x = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float()
+    return (x / 127.5 - 1.0).to(device)
+
+
+def _dir_megabytes(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+# ---------------------------------------------------------------------------- models
+def build_models(args) -> dict[str, Any]:
+    """Tokenizer, text encoder, VAE, transformer, scheduler; random init under ``args.seed``."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from ..suites.grid import FAMILIES, TARGET_COLOURS, prompt_for
+    from ..testing.tiny_wan import DEFAULT_CORPUS, build_t5_style_tokenizer, tiny_vae_config
+
+    prompts = [prompt_for(f, c) for f in FAMILIES for c in TARGET_COLOURS]
+    tokenizer = build_t5_style_tokenizer(512, list(DEFAULT_CORPUS) + prompts)
+    longest = max(len(tokenizer(p)["input_ids"]) for p in prompts)
+    if longest > args.max_sequence_length:
+        raise UserError(f"--max-sequence-length {args.max_sequence_length} is shorter than the grid prompts "
+                        f"({longest} tokens)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        text_encoder = UMT5EncoderModel(UMT5Config(
+            vocab_size=len(tokenizer), d_model=args.text_dim, d_kv=max(1, args.text_dim // args.text_heads),
+            d_ff=2 * args.text_dim, num_layers=args.text_layers, num_heads=args.text_heads,
+            relative_attention_num_buckets=16, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id))
+        vae = AutoencoderKLWan(**tiny_vae_config("2.2", base_dim=args.vae_base_dim))
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 1, 1), num_attention_heads=args.dit_heads, attention_head_dim=args.dit_head_dim,
+            in_channels=48, out_channels=48, text_dim=args.text_dim, freq_dim=64, ffn_dim=args.dit_ffn,
+            num_layers=args.dit_layers, rope_max_seq_len=256)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=args.flow_shift, num_train_timesteps=1000)
+    text_encoder.requires_grad_(False).eval()
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "transformer": transformer,
+            "scheduler": scheduler}
+
+
+def _defaults(args):
+    from ..reasoner.wan import WanDefaults
+
+    return WanDefaults(num_frames=NUM_FRAMES, height=SIZE, width=SIZE, steps=args.sampler_steps, fps=FPS,
+                       max_sequence_length=args.max_sequence_length)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+class Checkpoint:
+    """``checkpoint/`` = weights.safetensors (trained models + optimiser + torch RNG) and state.json.
+    The frozen text encoder is not stored: ``build_models`` rebuilds it from the seed."""
+
+    def __init__(self, out: Path) -> None:
+        self.dir = out / "checkpoint"
+        self.weights = self.dir / "weights.safetensors"
+        self.state_path = self.dir / "state.json"
+
+    def exists(self) -> bool:
+        return self.state_path.is_file() and self.weights.is_file()
+
+    def save(self, models: dict, state: dict, optimizer: torch.optim.Optimizer | None) -> None:
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        for name in TRAINED:
+            for key, value in models[name].state_dict().items():
+                tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
+        groups = None
+        if optimizer is not None:
+            sd = optimizer.state_dict()
+            for idx, st in sd["state"].items():
+                for key, value in st.items():
+                    tensors[f"optim.{idx}.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).cpu()
+            groups = sd["param_groups"]
+        tensors["rng.torch"] = torch.get_rng_state()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.weights) as tmp:
+            save_file(tensors, str(tmp))
+        write_json(self.state_path, {**state, "optimizer_param_groups": groups})
+
+    def load_state(self) -> dict:
+        try:
+            return json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {self.state_path}: {exc}; start again without --resume") from None
+
+    def load_into(self, models: dict, optimizer: torch.optim.Optimizer | None, state: dict) -> None:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(self.weights))
+        for name in TRAINED:
+            prefix = f"{name}."
+            models[name].load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        if optimizer is not None and state.get("optimizer_param_groups"):
+            per: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optim."):
+                    _, idx, name = key.split(".", 2)
+                    per.setdefault(int(idx), {})[name] = value
+            optimizer.load_state_dict({"state": per, "param_groups": state["optimizer_param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+
+
+def _np_rng(state: dict | None, seed: int, stream: int) -> np.random.Generator:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
+    if state is not None:
+        rng.bit_generator.state = state
+    return rng
+
+
+# ---------------------------------------------------------------------------- stage 1: VAE
+def train_vae(args, models, tasks, run_state, ckpt: Checkpoint, log: JsonlLog, device) -> bool:
+    """Returns True when the stage finished (steps done or its time is up)."""
+    from tqdm.auto import tqdm
+
+    from .grid_videos import crop_cells, vae_video
+
+    vae = models["vae"].to(device).train()
+    vae.requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    step = int(run_state.get("step", 0))
+    if step > 0:
+        ckpt.load_into(models, opt, run_state)
+    else:
+        torch.manual_seed(args.seed * 1000 + 1)
+    rng = _np_rng(run_state.get("np_rng"), args.seed, 1)
+    budget = args.minutes * 60 * args.vae_share
+    elapsed0 = float(run_state.get("elapsed", 0.0))
+    t0 = time.time()
+    done_here = 0
+    bar = tqdm(total=args.vae_steps, initial=step, desc="VAE", unit="step", dynamic_ncols=True)
+    reason = "steps"
+    while step < args.vae_steps:
+        if elapsed0 + time.time() - t0 > budget:
+            reason = "time"
+            break
+        if args.stop_after is not None and done_here >= args.stop_after:
+            reason = "stop_after"
+            break
+        videos = [crop_cells(vae_video(tasks, rng)[0], args.vae_crop, rng) for _ in range(args.vae_batch)]
+        x = _to_pixels(videos, device)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, args.vae_steps, args.vae_lr, warmup=min(50, args.vae_steps // 10 + 1))
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(), return_dict=False)[0]
+        mse = torch.mean((rec - x) ** 2)
+        l1 = torch.mean(torch.abs(rec - x))
+        kl = 0.5 * torch.mean(post.mean ** 2 + post.var - 1.0 - post.logvar)
+        loss = mse + l1 + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        done_here += 1
+        bar.update(1)
+        bar.set_postfix(mse=f"{mse.item():.4f}")
+        log.write(stage="vae", step=step, loss=loss.item(), mse=mse.item(), l1=l1.item(), kl=kl.item(),
+                  grad_norm=float(gnorm), lr=opt.param_groups[0]["lr"])
+        if step % args.checkpoint_every == 0 and step < args.vae_steps:
+            ckpt.save(models, {"stage": "vae", "step": step, "np_rng": rng.bit_generator.state,
+                               "elapsed": elapsed0 + time.time() - t0}, opt)
+    bar.close()
+    elapsed = elapsed0 + time.time() - t0
+    finished = reason in ("steps", "time")
+    if finished:
+        log.write(stage="vae", event="end", step=step, reason=reason, seconds=round(elapsed, 1))
+        ckpt.save(models, {"stage": "latents", "step": 0, "vae_steps_done": step, "vae_stop": reason,
+                           "vae_seconds": elapsed}, None)
+    else:
+        ckpt.save(models, {"stage": "vae", "step": step, "np_rng": rng.bit_generator.state, "elapsed": elapsed}, opt)
+    vae.eval().requires_grad_(False)
+    return finished
+
+
+# ---------------------------------------------------------------------------- stage 2: latent cache
+def _make_reasoner(args, models, device):
+    """A WanReasoner over the in-memory components: the same text encoding and
+    normalisation code that sampling uses (one place for each idea)."""
+    from ..reasoner.wan import WanReasoner
+
+    return WanReasoner(models["transformer"], models["vae"], models["text_encoder"], models["tokenizer"],
+                       flow_shift=args.flow_shift, defaults=_defaults(args), device=device)
+
+
+def build_latent_cache(args, models, tasks, out: Path, log: JsonlLog, device) -> dict[str, torch.Tensor]:
+    """Encode every transformer training video; set latents_mean/std; return the cache."""
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    from ..suites.grid import FAMILIES, TARGET_COLOURS, prompt_for
+    from .grid_videos import transformer_samples
+
+    path = out / "cache" / "latents.safetensors"
+    vae = models["vae"].to(device).eval()
+    if path.is_file():
+        cache = load_file(str(path))
+    else:
+        samples = transformer_samples(tasks, NUM_FRAMES)
+        prompts = [prompt_for(f, c) for f in FAMILIES for c in TARGET_COLOURS]
+        zs = []
+        with torch.no_grad():
+            for i in tqdm(range(0, len(samples), 32), desc="encode", unit="batch", dynamic_ncols=True):
+                batch = samples[i:i + 32]
+                x = _to_pixels([s.task.video() for s in batch], device)
+                zs.append(vae.encode(x).latent_dist.mode().float().cpu())
+        z = torch.cat(zs)
+        cache = {
+            "latents": z,  # raw (not normalised) VAE latents (N, 48, 3, 6, 6)
+            "prompt_index": torch.tensor([prompts.index(s.task.prompt) for s in samples]),
+            "counterfactual": torch.tensor([s.counterfactual for s in samples]),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(cache, str(tmp))
+        log.write(stage="latents", event="encoded", samples=len(samples),
+                  counterfactual=int(cache["counterfactual"].sum()))
+    z = cache["latents"]
+    mean = z.transpose(0, 1).reshape(z.shape[1], -1).mean(1)
+    std = z.transpose(0, 1).reshape(z.shape[1], -1).std(1).clamp_min(1e-2)
+    vae.register_to_config(latents_mean=[float(v) for v in mean], latents_std=[float(v) for v in std])
+    return cache
+
+
+# ---------------------------------------------------------------------------- stage 3: transformer
+def sample_sigmas(batch: int, sampler_sigmas: list[float], shift: float) -> torch.Tensor:
+    """High-noise-heavy levels: 30% exactly 1 (the first sampler step, the one the
+    test-time method optimises), 30% the sampler's other levels, 40% a shifted
+    uniform draw (shift 3: most mass above 0.5)."""
+    kind = torch.rand(batch)
+    pick = torch.tensor(sampler_sigmas[1:-1] or [1.0])[torch.randint(len(sampler_sigmas[1:-1]) or 1, (batch,))]
+    u = torch.rand(batch)
+    cont = shift * u / (1 + (shift - 1) * u)
+    return torch.where(kind < 0.3, torch.ones(batch), torch.where(kind < 0.6, pick, cont))
+
+
+def train_transformer(args, models, cache, run_state, ckpt: Checkpoint, log: JsonlLog, device) -> bool:
+    from tqdm.auto import tqdm
+
+    from ..reasoner.wan import shifted_sigmas
+    from ..suites.grid import FAMILIES, TARGET_COLOURS, prompt_for
+
+    reasoner = _make_reasoner(args, models, device)  # freezes everything; unfreeze the transformer below
+    prompts = [prompt_for(f, c) for f in FAMILIES for c in TARGET_COLOURS]
+    prompt_table = torch.cat([reasoner.encode_text(p) for p in prompts]).float()  # (P, L, D)
+    mean = torch.tensor(models["vae"].config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(models["vae"].config.latents_std).view(1, -1, 1, 1, 1)
+    x_all = ((cache["latents"] - mean) / std).to(device)
+    p_idx = cache["prompt_index"].to(device)
+    n, _, frames, h, w = x_all.shape
+    tokens_per_frame, num_tokens = h * w, frames * h * w
+    sigmas = shifted_sigmas(args.sampler_steps, args.flow_shift)
+
+    tr = models["transformer"].to(device).train()
+    tr.requires_grad_(True)
+    opt = torch.optim.AdamW(tr.parameters(), lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    step = int(run_state.get("step", 0))
+    if step > 0:
+        ckpt.load_into(models, opt, run_state)
+    else:
+        torch.manual_seed(args.seed * 1000 + 3)
+    rng = _np_rng(run_state.get("np_rng"), args.seed, 3)
+    budget = args.minutes * 60 * (1 - args.vae_share)
+    elapsed0 = float(run_state.get("elapsed", 0.0))
+    t0 = time.time()
+    done_here = 0
+    reason = "steps"
+    bar = tqdm(total=args.dit_steps, initial=step, desc="transformer", unit="step", dynamic_ncols=True)
+    ema = None
+    keep = {k: v for k, v in run_state.items() if k.startswith("vae_")}  # the VAE stage's summary
+    while step < args.dit_steps:
+        if elapsed0 + time.time() - t0 > budget:
+            reason = "time"
+            break
+        if args.stop_after is not None and done_here >= args.stop_after:
+            reason = "stop_after"
+            break
+        idx = torch.from_numpy(rng.integers(n, size=args.dit_batch)).to(device)
+        x0 = x_all[idx]
+        s = sample_sigmas(args.dit_batch, sigmas, 3.0).to(device)
+        eps = torch.randn(x0.shape).to(device)
+        sv = s.view(-1, 1, 1, 1, 1)
+        xt = (1 - sv) * x0 + sv * eps
+        xt = torch.cat([x0[:, :, :1], xt[:, :, 1:]], dim=2)  # frame 0 = the clean first-frame latent
+        ts = (s * 1000.0)[:, None].expand(-1, num_tokens).clone()
+        ts[:, :tokens_per_frame] = 0.0
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, args.dit_steps, args.dit_lr, warmup=min(200, args.dit_steps // 10 + 1))
+        v = tr(hidden_states=xt, timestep=ts, encoder_hidden_states=prompt_table[p_idx[idx]], return_dict=False)[0]
+        err = (v.float() - (eps - x0))[:, :, 1:] ** 2
+        loss = err.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
+        opt.step()
+        step += 1
+        done_here += 1
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.4f}")
+        with torch.no_grad():
+            at_one = (s == 1.0)
+            loss_one = err[at_one].mean().item() if at_one.any() else None
+        log.write(stage="transformer", step=step, loss=loss.item(), loss_sigma1=loss_one,
+                  grad_norm=float(gnorm), lr=opt.param_groups[0]["lr"])
+        if step % args.checkpoint_every == 0 and step < args.dit_steps:
+            ckpt.save(models, {**keep, "stage": "transformer", "step": step, "np_rng": rng.bit_generator.state,
+                               "elapsed": elapsed0 + time.time() - t0}, opt)
+    bar.close()
+    elapsed = elapsed0 + time.time() - t0
+    finished = reason in ("steps", "time")
+    tr.eval().requires_grad_(False)
+    if finished:
+        log.write(stage="transformer", event="end", step=step, reason=reason, seconds=round(elapsed, 1))
+        ckpt.save(models, {**keep, "stage": "done", "step": 0, "dit_steps_done": step, "dit_stop": reason,
+                           "dit_seconds": elapsed}, None)
+    else:
+        ckpt.save(models, {**keep, "stage": "transformer", "step": step, "np_rng": rng.bit_generator.state,
+                           "elapsed": elapsed}, opt)
+    return finished
+
+
+# ---------------------------------------------------------------------------- save + evaluate
+def save_pipeline(args, models, folder: Path) -> Path:
+    """diffusers' WanPipeline.save_pretrained (safetensors) + vlm_teacher.json."""
+    from dataclasses import asdict
+
+    from diffusers import WanPipeline
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe = WanPipeline(tokenizer=models["tokenizer"], text_encoder=models["text_encoder"], vae=models["vae"],
+                       scheduler=models["scheduler"], transformer=models["transformer"], expand_timesteps=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    write_json(tmp / "vlm_teacher.json", asdict(_defaults(args)))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def evaluate(folder: Path, eval_tasks: int, seed: int = 0) -> dict[str, Any]:
+    """VAE reconstruction and the frozen reasoner's verifier pass rate on test and ood (seed 0)."""
+    from tqdm.auto import tqdm
+
+    from ..reasoner import load_reasoner
+    from ..suites.grid import grid_tasks, verify
+    from ..video import to_uint8
+    from .grid_videos import counterfactuals
+
+    reasoner = load_reasoner(folder)
+    result: dict[str, Any] = {"seed": seed, "tasks_per_family": eval_tasks}
+    for split in ("test", "ood"):
+        tasks = grid_tasks(split, n=eval_tasks)
+        rec_mse, rec_pass, rows = [], [], []
+        for task in tqdm(tasks, desc=f"eval {split}", unit="task", dynamic_ncols=True):
+            gt = task.video()
+            with torch.no_grad():
+                x = _to_pixels([gt], reasoner.device)
+                z = reasoner.vae.encode(x).latent_dist.mode()
+                rec = ((reasoner.vae.decode(z, return_dict=False)[0] + 1) / 2).clamp(0, 1)[0].transpose(0, 1)
+            rec_u8 = to_uint8(rec)
+            rec_mse.append(float(np.mean((rec_u8.astype(np.float32) / 255 - gt.astype(np.float32) / 255) ** 2)))
+            rec_pass.append(verify(task, rec_u8).passed)
+            h, w = task.resolution
+            cond = reasoner.prepare(task.prompt, task.first_frame(), seed, num_frames=task.num_frames,
+                                    height=h, width=w)
+            verdict = verify(task, to_uint8(reasoner.generate(cond)))
+            rows.append({"id": task.id, "family": task.family, "passed": verdict.passed,
+                         "score": round(verdict.score, 4), "reason": verdict.reason})
+        mse = float(np.mean(rec_mse))
+        result[split] = {
+            "tasks": len(tasks),
+            "vae_mse": mse,
+            "vae_psnr_db": float(10 * np.log10(1.0 / max(mse, 1e-12))),
+            "vae_verifier_pass_rate": float(np.mean(rec_pass)),
+            "pass_rate": float(np.mean([r["passed"] for r in rows])),
+            "mean_score": float(np.mean([r["score"] for r in rows])),
+            "by_family": {f: {"pass_rate": float(np.mean([r["passed"] for r in rows if r["family"] == f])),
+                              "mean_score": float(np.mean([r["score"] for r in rows if r["family"] == f]))}
+                          for f in sorted({r["family"] for r in rows})},
+            "per_task": rows,
+        }
+    # does the instruction matter? the same first frame with another in-domain goal colour
+    pairs = [c for t in grid_tasks("test", n=eval_tasks, families=("maze",)) for c in counterfactuals(t)]
+    cf_rows = []
+    for task in tqdm(pairs, desc="eval counterfactual", unit="task", dynamic_ncols=True):
+        cond = reasoner.prepare(task.prompt, task.first_frame(), seed, num_frames=task.num_frames)
+        cf_rows.append(verify(task, to_uint8(reasoner.generate(cond))))
+    result["counterfactual_test_maze"] = {
+        "tasks": len(cf_rows),
+        "pass_rate": float(np.mean([v.passed for v in cf_rows])) if cf_rows else None,
+        "goal_reached_rate": float(np.mean([v.details["goal_reached"] for v in cf_rows])) if cf_rows else None,
+    }
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def model_card(metrics: dict[str, Any]) -> str:
+    """MODEL_CARD.md text, every figure read from ``metrics`` (written by this recipe)."""
+    tr, ev, size = metrics["training"], metrics.get("evaluation"), metrics["size"]
+    lines = [
+        "# grid-wan: the embedded Reasoner of vlm-teacher",
+        "",
+        "A small Wan2.2-TI2V-style diffusers pipeline (`WanPipeline` folder, safetensors only) trained from "
+        "scratch by `vlm-teacher train reasoner` on the procedural grid suite (`vlm_teacher.suites.grid`). "
+        "It is the default Reasoner of `vlm-teacher demo` and loads with `vlm_teacher.reasoner.load_reasoner` "
+        "or `diffusers.WanPipeline.from_pretrained` like Wan2.2-TI2V-5B.",
+        "",
+        "All figures below were written by the recipe into `metrics.json` (this card is generated from it).",
+        "",
+        "## Training run",
+        f"- command: `{tr['command']}`",
+        f"- machine: {tr['machine']}",
+        f"- torch {tr['torch']}, diffusers {tr['diffusers']}, transformers {tr['transformers']}",
+        f"- VAE: {tr['vae_steps_done']} steps (stopped by: {tr['vae_stop']}), {tr['vae_seconds'] / 60:.1f} min",
+        f"- transformer: {tr['dit_steps_done']} steps (stopped by: {tr['dit_stop']}), "
+        f"{tr['dit_seconds'] / 60:.1f} min",
+        f"- transformer training videos: {tr['samples']} ({tr['counterfactual_samples']} counterfactual "
+        f"goal-colour pairs) from {tr['train_tasks_per_family']} train tasks per family",
+        f"- training time {tr['train_minutes']:.1f} min, evaluation {tr['eval_minutes']:.1f} min; "
+        f"the last invocation took {tr['invocation_minutes']:.1f} min in all",
+        "",
+        "## Components",
+        f"- VAE: AutoencoderKLWan, Wan2.2 flavour (z_dim 48, residual, patch 2, 16x spatial, 4x temporal), "
+        f"base_dim {size['vae_base_dim']}, {size['vae_params'] / 1e6:.2f} M parameters",
+        f"- transformer: WanTransformer3DModel, patch (1,1,1), {size['dit_layers']} layers, "
+        f"{size['dit_heads']} heads x {size['dit_head_dim']}, {size['dit_params'] / 1e6:.2f} M parameters",
+        f"- text encoder: UMT5EncoderModel (random init, frozen), d_model {size['text_dim']}, "
+        f"{size['text_params'] / 1e6:.2f} M parameters; offline byte-level BPE tokenizer",
+        f"- scheduler: FlowMatchEulerDiscreteScheduler, shift {size['flow_shift']}; "
+        f"defaults (vlm_teacher.json): {metrics['defaults']}",
+        f"- folder size: {size['folder_mb']:.1f} MB",
+        "",
+        "## Intended use and limits",
+        "- Grid tasks only (6x6 grids, 96x96 px, 9 frames in-domain). It is a deliberately imperfect "
+        "reasoner: it leaves room for the test-time method to improve it.",
+        "- The text encoder is random and frozen; it only needs to tell the grid prompts apart.",
+    ]
+    if ev:
+        lines += [
+            "",
+            f"## Evaluation (frozen reasoner, seed {ev['seed']}, {ev['tasks_per_family']} tasks per family "
+            "per split, pixel verifier)",
+            "",
+            "| split | tasks | pass rate | mean score | maze pass | push pass | VAE PSNR (GT videos) | "
+            "GT reconstructions that pass |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for split in ("test", "ood"):
+            e = ev[split]
+            fam = e["by_family"]
+            lines.append(f"| {split} | {e['tasks']} | {_pct(e['pass_rate'])} | {e['mean_score']:.3f} | "
+                         f"{_pct(fam.get('maze', {}).get('pass_rate'))} | {_pct(fam.get('push', {}).get('pass_rate'))} | "
+                         f"{e['vae_psnr_db']:.1f} dB | {_pct(e['vae_verifier_pass_rate'])} |")
+        cf = ev["counterfactual_test_maze"]
+        lines += ["",
+                  f"Instruction check: on {cf['tasks']} test maze tasks re-instructed with another in-domain "
+                  f"goal colour (same first frame), the agent ends on the newly named target in "
+                  f"{_pct(cf['goal_reached_rate'])} and the video passes in {_pct(cf['pass_rate'])}.",
+                  "",
+                  "ood = 8x8 grids (128 px), 9-16 moves (13 or 17 frames), goal colours including magenta, "
+                  "which is never a goal in training."]
+    return "\n".join(lines) + "\n"
+
+
+def _command(args) -> str:
+    """The command line that reproduces this run: the arguments that differ from the defaults."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = vars(parser.parse_args(["--out", "x"]))
+    parts = ["vlm-teacher", "train", "reasoner", "--out", str(args.out)]
+    for key, default in defaults.items():
+        value = getattr(args, key, default)
+        if key in ("out", "resume", "stop_after", "export") or value == default:
+            continue
+        parts += [f"--{key.replace('_', '-')}", str(value)]
+    if args.export is not None:
+        parts += ["--export", str(args.export)]
+    return " ".join(parts)
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+
+
+def _machine(device: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads of {os.cpu_count()} CPUs, device {device}"
+
+
+# ---------------------------------------------------------------------------- run
+def run(args) -> int:
+    _check_args(args)
+    t_start = time.time()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    out: Path = args.out
+    ckpt = Checkpoint(out)
+    if args.resume:
+        if not ckpt.exists():
+            raise UserError(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume first")
+        run_state = ckpt.load_state()
+        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        changed = [k for k in ARCH_KEYS if saved.get(k) != getattr(args, k)]
+        if changed:
+            raise UserError(f"--resume with different settings than the checkpoint: {', '.join(changed)}; "
+                            "use the original arguments or another --out")
+    else:
+        if ckpt.exists() or (out / "log.jsonl").exists():
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                         if k != "func"})
+        run_state = {"stage": "vae", "step": 0}
+    log = JsonlLog(out / "log.jsonl")
+    log.write(event="start", resume=bool(args.resume), stage=run_state["stage"], step=run_state.get("step", 0),
+              argv=sys.argv[1:])
+
+    from .grid_videos import train_tasks
+
+    models = build_models(args)
+    tasks = train_tasks(args.train_tasks, seed=0)
+    if run_state["stage"] == "vae":
+        if not train_vae(args, models, tasks, run_state, ckpt, log, device):
+            print(f"stopped in the VAE stage; continue with --resume (checkpoint in {ckpt.dir})")
+            return 0
+        run_state = ckpt.load_state()
+    else:
+        ckpt.load_into(models, None, run_state)
+    cache = build_latent_cache(args, models, tasks, out, log, device)
+    if run_state["stage"] in ("latents", "transformer"):
+        if run_state["stage"] == "latents":
+            run_state = {**run_state, "stage": "transformer", "step": 0}
+        if not train_transformer(args, models, cache, run_state, ckpt, log, device):
+            print(f"stopped in the transformer stage; continue with --resume (checkpoint in {ckpt.dir})")
+            return 0
+        run_state = ckpt.load_state()
+    # the final state: reload so that a resumed "done" run saves exactly the trained weights
+    ckpt.load_into(models, None, run_state)
+    build_latent_cache(args, models, tasks, out, log, device)  # re-applies latents_mean/std to the config
+    for m in ("vae", "transformer", "text_encoder"):
+        models[m].to("cpu").eval()
+
+    folder = save_pipeline(args, models, out / "model")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    metrics: dict[str, Any] = {
+        "training": {
+            "command": _command(args),
+            "machine": _machine(args.device), **_versions(),
+            "seed": args.seed, "train_tasks_per_family": args.train_tasks,
+            "samples": int(cache["latents"].shape[0]), "counterfactual_samples": int(cache["counterfactual"].sum()),
+            **{k: run_state[k] for k in ("vae_steps_done", "vae_stop", "vae_seconds", "dit_steps_done",
+                                         "dit_stop", "dit_seconds")},
+        },
+        "size": {
+            "vae_base_dim": args.vae_base_dim, "vae_params": count(models["vae"]),
+            "dit_layers": args.dit_layers, "dit_heads": args.dit_heads, "dit_head_dim": args.dit_head_dim,
+            "dit_params": count(models["transformer"]), "text_dim": args.text_dim,
+            "text_params": count(models["text_encoder"]), "flow_shift": args.flow_shift,
+            "folder_mb": _dir_megabytes(folder),
+        },
+        "defaults": json.loads((folder / "vlm_teacher.json").read_text()),
+    }
+    metrics["training"]["train_minutes"] = (run_state["vae_seconds"] + run_state["dit_seconds"]) / 60
+    t_eval = time.time()
+    if args.eval_tasks > 0:
+        metrics["evaluation"] = evaluate(folder, args.eval_tasks)
+        log.write(event="evaluation", **{s: {k: v for k, v in metrics["evaluation"][s].items() if k != "per_task"}
+                                        for s in ("test", "ood")})
+    metrics["training"]["eval_minutes"] = (time.time() - t_eval) / 60
+    metrics["training"]["invocation_minutes"] = (time.time() - t_start) / 60
+    write_json(folder / "metrics.json", metrics)
+    write_text(folder / "MODEL_CARD.md", model_card(metrics))
+    if args.export is not None:
+        export = Path(args.export)
+        if export.exists():
+            shutil.rmtree(export)
+        shutil.copytree(folder, export)
+        print(f"exported the model to {export}")
+    ev = metrics.get("evaluation")
+    if ev:
+        print(f"test pass rate {ev['test']['pass_rate']:.2f} (mean score {ev['test']['mean_score']:.3f}); "
+              f"ood pass rate {ev['ood']['pass_rate']:.2f} (mean score {ev['ood']['mean_score']:.3f})")
+    print(f"model folder: {folder} ({metrics['size']['folder_mb']:.1f} MB)")
+    return 0

@@ -1,0 +1,136 @@
+"""The reasoner recipe (`vlm-teacher train reasoner`) at tiny sizes, and the shipped embedded folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vlm_teacher.cli import build_parser, main
+from vlm_teacher.errors import UserError
+
+TINY = ["--train-tasks", "3", "--vae-steps", "2", "--vae-batch", "1", "--vae-crop", "2", "--vae-base-dim", "4",
+        "--dit-steps", "2", "--dit-batch", "2", "--dit-layers", "1", "--dit-heads", "2", "--dit-head-dim", "8",
+        "--dit-ffn", "16", "--text-dim", "8", "--text-layers", "1", "--text-heads", "2", "--eval-tasks", "0",
+        "--checkpoint-every", "1"]
+
+
+def _train(out: Path, *extra: str) -> int:
+    args = build_parser().parse_args(["train", "reasoner", "--out", str(out), *TINY, *extra])
+    return args.func(args)
+
+
+def _weights(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    out = {}
+    for part in ("vae", "transformer", "text_encoder"):
+        for f in sorted((folder / part).glob("*.safetensors")):
+            out.update({f"{part}.{k}": v for k, v in load_file(str(f)).items()})
+    return out
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipe") / "run"
+    assert _train(out) == 0
+    return out
+
+
+def test_recipe_writes_a_loadable_wan_folder(straight_run):
+    from vlm_teacher.reasoner import load_reasoner
+    from vlm_teacher.suites.grid import grid_tasks
+
+    folder = straight_run / "model"
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
+    defaults = json.loads((folder / "vlm_teacher.json").read_text())
+    assert (defaults["num_frames"], defaults["height"], defaults["width"], defaults["steps"], defaults["fps"]) \
+        == (9, 96, 96, 4, 8)
+    reasoner = load_reasoner(folder)
+    task = grid_tasks("test", n=1)[0]
+    video = reasoner.generate(reasoner.prepare(task.prompt, task.first_frame(), seed=0))
+    assert tuple(video.shape) == (9, 3, 96, 96)
+    # latents_mean/std come from the data, not the placeholder zeros/ones
+    assert np.std(reasoner.vae.config.latents_std) > 0 or reasoner.vae.config.latents_std[0] != 1.0
+    log = _log(straight_run)
+    assert [r["step"] for r in log if r.get("stage") == "vae" and "loss" in r] == [1, 2]
+    assert [r["step"] for r in log if r.get("stage") == "transformer" and "loss" in r] == [1, 2]
+    assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["training"]["dit_steps_done"] == 2
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert metrics["training"]["command"] in card
+
+
+def test_diffusers_pipeline_loads_the_folder(straight_run):
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(straight_run / "model", use_safetensors=True)
+    assert pipe.transformer.config.in_channels == pipe.vae.config.z_dim == 48
+    assert tuple(pipe.transformer.config.patch_size) == (1, 1, 1)
+
+
+def test_same_seed_same_weights_other_seed_differs(straight_run, tmp_path):
+    assert _train(tmp_path / "again") == 0
+    a, b = _weights(straight_run / "model"), _weights(tmp_path / "again" / "model")
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert _train(tmp_path / "seed1", "--seed", "1") == 0
+    c = _weights(tmp_path / "seed1" / "model")
+    assert any(not np.array_equal(a[k], c[k]) for k in a if k.startswith("transformer."))
+
+
+def test_resume_continues_the_step_counter_and_matches_a_straight_run(straight_run, tmp_path):
+    out = tmp_path / "resumed"
+    assert _train(out, "--stop-after", "1") == 0  # killed after VAE step 1
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert (state["stage"], state["step"]) == ("vae", 1)
+    assert not (out / "model").exists()
+    assert _train(out, "--resume", "--stop-after", "1") == 0  # VAE step 2, transformer step 1
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert (state["stage"], state["step"]) == ("transformer", 1)
+    assert _train(out, "--resume") == 0
+    log = _log(out)
+    assert [r["step"] for r in log if r.get("stage") == "vae" and "loss" in r] == [1, 2]
+    assert [r["step"] for r in log if r.get("stage") == "transformer" and "loss" in r] == [1, 2]
+    a, b = _weights(straight_run / "model"), _weights(out / "model")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_recipe_user_errors(straight_run, tmp_path, capsys):
+    with pytest.raises(UserError, match="already holds a run"):
+        _train(straight_run)
+    with pytest.raises(UserError, match="no checkpoint"):
+        _train(tmp_path / "empty", "--resume")
+    with pytest.raises(UserError, match="different settings"):
+        _train(straight_run, "--resume", "--dit-layers", "2")
+    assert main(["train", "reasoner", "--out", str(tmp_path / "x"), "--minutes", "0"]) == 2
+    assert "--minutes must be > 0" in capsys.readouterr().err
+
+
+def test_shipped_embedded_reasoner_generates_a_grid_video():
+    from vlm_teacher.embedded import REASONER_DIR
+    from vlm_teacher.reasoner import load_reasoner
+    from vlm_teacher.suites.grid import grid_tasks, verify
+    from vlm_teacher.video import to_uint8
+
+    if not (REASONER_DIR / "model_index.json").is_file():
+        pytest.skip(f"the embedded reasoner is not built ({REASONER_DIR}); run `vlm-teacher train reasoner "
+                    f"--out work --export {REASONER_DIR}`")
+    files = [f for f in REASONER_DIR.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) < 15e6
+    assert not [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    metrics = json.loads((REASONER_DIR / "metrics.json").read_text())
+    card = (REASONER_DIR / "MODEL_CARD.md").read_text()
+    assert metrics["training"]["command"] in card
+    reasoner = load_reasoner(REASONER_DIR)
+    task = grid_tasks("test", n=1)[0]
+    video = reasoner.generate(reasoner.prepare(task.prompt, task.first_frame(), seed=0))
+    assert tuple(video.shape) == (9, 3, 96, 96)
+    assert 0.0 <= verify(task, to_uint8(video)).score <= 1.0
