@@ -142,11 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tto_args(p)
     p.set_defaults(func=cmd_run)
 
+    from .cli_bench import add_bench_commands
     from .cli_grid import add_grid_commands
     from .cli_train import add_train_commands
 
     add_grid_commands(sub)
     add_train_commands(sub)
+    add_bench_commands(sub)
     return parser
 
 

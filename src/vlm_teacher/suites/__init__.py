@@ -1,0 +1,205 @@
+"""Benchmark suites behind one small interface, chosen by a spec string.
+
+    suite = load_suite("grid:test")                 # the built-in grid suite, scored by its verifier
+    suite = load_suite("vbvr:/data/VBVR-Bench")     # writes the official kit's submission layout
+    suite = load_suite("ruler:/data/RULER-Bench", judge=JudgeConfig(base_url=..., model=...))
+
+A suite lists task ids, builds a task by id (lazily: first frames are decoded
+only when the instance runs) and scores one video:
+
+* ``grid:<split>`` - the exact pixel verifier (score 0-1, pass/fail).
+* ``vbvr:<root>`` - no local scorer exists (the official rules are not
+  public here): the video is written where the official evaluation kit looks
+  for it and the score stays empty until its results JSON is imported
+  (``bench.import_vbvr_results``).
+* ``ruler:<root>`` - the instance's checklist is judged through an
+  OpenAI-compatible chat endpoint; Good/Medium/Poor = 2/1/0 per dimension,
+  scaled to 0-100 (``suites.ruler.instance_score``). A failed judgement leaves
+  the score empty (the bench re-judges it on the next run).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from ..task import Task
+
+SUITE_SPECS = ("grid:<train|test|ood>", "vbvr:<dataset root>", "ruler:<dataset root>")
+
+
+@dataclass
+class Scored:
+    """A suite's verdict on one video. ``score`` None means not scored (yet)."""
+
+    score: float | None
+    passed: bool | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Suite:
+    """Interface (and shared bits) of a suite. ``name`` is the results store's suite column."""
+
+    name = ""
+    spec = ""
+
+    def ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def task(self, task_id: str) -> Task:
+        raise NotImplementedError
+
+    def group(self, task: Task) -> str:
+        """The report column this task belongs to (suite, or suite/split)."""
+        return self.name
+
+    def verifier(self):
+        """A ground-truth scorer ``(task, uint8 video) -> score`` for the oracle, or None."""
+        return None
+
+    def score(self, task: Task, video: np.ndarray, fps: int, out_root: Path, run_name: str) -> Scored:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------- grid
+class GridSuite(Suite):
+    """The built-in grid suite; families interleaved so ``--limit`` keeps them balanced."""
+
+    def __init__(self, split: str, n: int | None = None) -> None:
+        from .grid import SPLITS, grid_tasks
+
+        if split not in SPLITS:
+            raise UserError(f"unknown grid split {split!r}; use grid:{' | grid:'.join(SPLITS)}")
+        self.split = split
+        self.name = self.spec = f"grid:{split}"
+        tasks = grid_tasks(split, n=n)
+        by_family: dict[str, list] = {}
+        for t in tasks:
+            by_family.setdefault(t.family, []).append(t)
+        ordered = []
+        for i in range(max((len(v) for v in by_family.values()), default=0)):
+            ordered += [v[i] for v in by_family.values() if i < len(v)]
+        self._tasks = {t.id: t for t in ordered}
+
+    def ids(self) -> list[str]:
+        return list(self._tasks)
+
+    def task(self, task_id: str) -> Task:
+        try:
+            return self._tasks[task_id].to_task()
+        except KeyError:
+            raise UserError(f"grid task {task_id!r} is not in {self.name}") from None
+
+    def verifier(self):
+        from .grid import verify
+
+        return lambda task, video: float(verify(task, video).score)
+
+    def score(self, task, video, fps, out_root, run_name):
+        from .grid import verify
+
+        v = verify(task, video)
+        return Scored(float(v.score), bool(v.passed), {"reason": v.reason})
+
+
+# ------------------------------------------------------------------- VBVR
+class VbvrSuite(Suite):
+    name = "vbvr"
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        from .vbvr import load_vbvr
+
+        self.root = Path(root)
+        self.spec = f"vbvr:{root}"
+        self.data = load_vbvr(root)
+
+    def ids(self) -> list[str]:
+        return self.data.ids()
+
+    def task(self, task_id: str) -> Task:
+        return self.data.task(task_id)
+
+    def group(self, task: Task) -> str:
+        split = task.metadata.get("split")
+        return f"vbvr:{split}" if split else "vbvr"
+
+    def score(self, task, video, fps, out_root, run_name):
+        from .vbvr import write_vbvr_submission
+
+        path = write_vbvr_submission(Path(out_root) / "vbvr_submission", run_name, task, video, fps)
+        return Scored(None, None, {"submission": str(path), "vbvr_model": run_name})
+
+
+# ------------------------------------------------------------------ RULER
+class RulerSuite(Suite):
+    name = "ruler"
+
+    def __init__(self, root: str | os.PathLike, judge: Any = None, *, drop_game: bool = True) -> None:
+        from .judge import JudgeConfig, RulerJudge
+        from .ruler import load_ruler
+
+        self.root = Path(root)
+        self.spec = f"ruler:{root}"
+        self.data = load_ruler(root, drop_game=drop_game)
+        if judge is None or not isinstance(judge, RulerJudge):
+            judge = RulerJudge(judge if judge is not None else JudgeConfig())
+        self.judge = judge
+
+    def ids(self) -> list[str]:
+        return self.data.ids()
+
+    def task(self, task_id: str) -> Task:
+        return self.data.task(task_id)
+
+    def group(self, task: Task) -> str:
+        return "ruler"
+
+    def score(self, task, video, fps, out_root, run_name):
+        return self.judge_video(task, video, fps, out_root, run_name, write=True)
+
+    def judge_video(self, task, video, fps, out_root, run_name, *, write: bool) -> Scored:
+        """Write the submission video (unless it is there already) and judge it."""
+        from .judge import save_judgement
+        from .ruler import Judged, instance_score, parse_checklist, write_ruler_submission
+
+        details: dict[str, Any] = {"category": task.metadata.get("category")}
+        if write:
+            details["submission"] = str(write_ruler_submission(Path(out_root) / "ruler_submission", run_name, task,
+                                                               video, fps))
+        result = self.judge.judge(task, video, fps)
+        details["judge_model"] = self.judge.config.model
+        if not result.ok or result.labels is None:
+            details["judge_error"] = result.error or "judge failed"
+            return Scored(None, None, details)
+        checklist = parse_checklist(task.metadata.get("checklist"), f"task {task.id} checklist")
+        judged = Judged(str(task.metadata.get("category")), tuple(d for d, _ in checklist), tuple(result.labels))
+        details["labels"] = list(result.labels)
+        details["judgement"] = str(save_judgement(Path(out_root) / "ruler_eval", run_name, task, result,
+                                                  self.judge.config.model))
+        return Scored(instance_score(judged), None, details)
+
+
+# ------------------------------------------------------------------- spec
+def load_suite(spec: str, *, judge: Any = None, drop_game: bool = True) -> Suite:
+    """``grid:test`` | ``grid:ood`` | ``grid:train`` | ``vbvr:/path`` | ``ruler:/path``.
+
+    ``judge`` (a ``JudgeConfig`` or ``RulerJudge``) is used by RULER only.
+    """
+    text = str(spec).strip()
+    kind, sep, arg = text.partition(":")
+    kind = kind.lower()
+    if kind == "grid":
+        return GridSuite(arg or "test")
+    if kind in ("vbvr", "ruler"):
+        if not sep or not arg.strip():
+            raise UserError(f"suite {text!r} needs the dataset folder: {kind}:/path/to/dataset")
+        root = Path(arg).expanduser()
+        if kind == "vbvr":
+            return VbvrSuite(root)
+        return RulerSuite(root, judge, drop_game=drop_game)
+    raise UserError(f"unknown suite {text!r}; use one of {', '.join(SUITE_SPECS)}")

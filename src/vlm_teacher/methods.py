@@ -1,0 +1,550 @@
+"""The methods a benchmark compares, behind one interface with honest cost accounting.
+
+Every method turns one task and one seed into one video::
+
+    method = get_method("best_of_n:5")
+    out = method.run(ctx, task, seed)        # MethodOutput
+    out.video                                # (T, H, W, 3) uint8
+    out.cost                                 # wall_s, reasoner_calls, teacher_calls, peak_mem_mb
+
+Names (parameterised ones are parsed in :func:`parse_method`, the one place that
+knows the grammar):
+
+* ``frozen`` - the reasoner as shipped: one few-step sample.
+* ``best_of_n[:N]`` - N seeds, the teacher writes its queries once and scores
+  each video; the best by teacher score is kept. Candidate 0 is the frozen
+  sample of the same seed. The default N = 5 is the paper's Pass@5, which it
+  reports at about TTO's wall time (70 s vs 69 s on VBVR).
+* ``oracle_pass_at_n[:N]`` - the same N candidates, the best by the suite's
+  verifier (an upper bound; only where a verifier exists, i.e. the grid suite).
+* ``tto`` - the teacher's test-time optimisation (``optimize.teach``) with the
+  context's base ``TTOConfig`` (the paper's defaults unless overridden).
+* ablations of METHOD.md: ``tto_generic`` (task-agnostic queries),
+  ``tto_lam1`` (goal query only), ``tto_lam0`` (process queries only),
+  ``tto_last_step`` / ``tto_all_steps`` (which denoising step gets the
+  gradient), ``tto_k<K>`` (K frames shown), ``tto_fixed<S>`` (exactly S updates).
+* ``solver`` - VLM-as-solver: the teacher rewrites the instruction into a plan
+  and the reasoner is conditioned on instruction + plan.
+* ``videotpo[:R]`` - VideoTPO-style test-time prompt optimisation: R rounds of
+  two candidates; the teacher sees frames of both, says which is better and
+  rewrites the prompt; the output is the better candidate of the last round.
+
+Cost accounting (the same for every method, measured around ``run``):
+``wall_s`` is the whole call (model loading excluded, it happens once per
+worker); ``reasoner_calls`` counts transformer forward passes (a 4-step sample
+is 4; the text encoder and the VAE are not counted); ``teacher_calls`` counts
+calls into the teacher (one generation, one scoring pass, or one optimisation
+step's yes/no pass each); ``peak_mem_mb`` is the CUDA peak allocation during
+the call, or on CPU the peak resident memory of the process during the call
+(Linux resets it through /proc/self/clear_refs; elsewhere it is the process'
+high-water mark and says so in ``peak_mem_scope``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import UserError
+from .optimize import TTOConfig
+from .task import Queries, Task
+
+log = logging.getLogger("vlm_teacher")
+
+#: a verifier for the oracle: (task, uint8 video) -> score in [0, 1]
+Verifier = Callable[[Task, np.ndarray], float]
+
+DEFAULT_N = 5          # best_of_n / oracle_pass_at_n candidates (the paper's Pass@5)
+DEFAULT_TPO_ROUNDS = 2  # videotpo rounds: 2 x 2 candidates = 4 samples (paper: ~4x the frozen cost)
+TPO_FRAMES = 4          # frames of each candidate shown to the teacher in a VideoTPO comparison
+SEED_STRIDE = 1_000_003  # candidate i of seed s uses seed s + i * SEED_STRIDE (i = 0 is the frozen sample)
+
+SOLVER_PROMPT = (
+    "You plan videos for a video generation model that cannot reason. Read the task (and look at its first "
+    "frame, if given) and write the plan the video must show: which object moves, in which direction and "
+    "order, what must never happen, and what the last frame shows. At most five short, concrete steps, "
+    "plain text, no preamble.\n\nTask: {instruction}"
+)
+SOLVER_VERSION = 1
+
+TPO_PROMPT = (
+    "Two videos were generated for the same task. The first {k} images are frames of video A in time order, "
+    "the next {k} images are frames of video B in time order.\n"
+    "Task: {instruction}\n"
+    "Prompt given to the video model: {prompt}\n"
+    "1. Which video follows the task and its rules better?\n"
+    "2. Rewrite the prompt so the video model avoids the mistakes you saw. Keep the task unchanged; add "
+    "concrete guidance about motion, order and the final state.\n"
+    "Answer in exactly this form:\nBetter: A or B\nPrompt: <the rewritten prompt>"
+)
+TPO_VERSION = 1
+
+
+# ---------------------------------------------------------------- data types
+@dataclass
+class Cost:
+    wall_s: float = 0.0
+    reasoner_calls: int = 0
+    teacher_calls: int = 0
+    peak_mem_mb: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MethodOutput:
+    """What one run of a method produced. ``history`` holds per-step records
+    (TTO: loss and P(Yes) per question; VideoTPO: one record per round);
+    ``extra`` method-specific details (candidate scores, the plan, prompts)."""
+
+    video: np.ndarray                      # (T, H, W, 3) uint8
+    steps: int = 0
+    stop_reason: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    queries: Queries | None = None
+    cost: Cost = field(default_factory=Cost)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodContext:
+    """The models and settings shared by every method run in one worker.
+
+    ``tto`` is the base optimisation config; ablations change one field of it.
+    ``num_frames`` overrides the video length (default: the task's
+    ``metadata["num_frames"]`` if it has one, else the reasoner's default).
+    ``verifier`` is needed by ``oracle_pass_at_n`` only.
+    """
+
+    reasoner: Any
+    teacher: Any = None
+    tto: TTOConfig = field(default_factory=TTOConfig)
+    num_frames: int | None = None
+    verifier: Verifier | None = None
+    progress: bool = False
+
+    @property
+    def fps(self) -> int:
+        return int(getattr(self.reasoner, "fps", 8))
+
+    def frames_for(self, task: Task) -> int | None:
+        if self.num_frames is not None:
+            return int(self.num_frames)
+        n = task.metadata.get("num_frames") if task.metadata else None
+        return int(n) if isinstance(n, int) and n > 0 else None
+
+
+# ---------------------------------------------------------------- measuring
+class _Meter:
+    """Wall time and peak memory of one method call (see the module docstring)."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+        self.scope = "call"
+
+    def __enter__(self) -> "_Meter":
+        import torch
+
+        if getattr(self.device, "type", None) == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif not _reset_rss_peak():
+            self.scope = "process"
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        if getattr(self.device, "type", None) == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.peak_mb = _rss_peak_mb()
+        self.wall_s = time.perf_counter() - self.t0
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the process' peak RSS (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_peak_mb() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def sampler_steps(reasoner: Any) -> int:
+    """Transformer calls of one few-step sample."""
+    defaults = getattr(reasoner, "defaults", None)
+    steps = getattr(defaults, "steps", None) or getattr(reasoner, "steps", None)
+    return int(steps or 4)
+
+
+def candidate_seeds(seed: int, n: int) -> list[int]:
+    """Seeds of N candidates; the first is ``seed`` itself (the frozen sample)."""
+    return [int(seed) + i * SEED_STRIDE for i in range(n)]
+
+
+# ---------------------------------------------------------------- base class
+class Method:
+    """One benchmark method. Subclasses implement ``_run`` and may extend ``config``."""
+
+    name = ""
+    uses_teacher = False
+    needs_verifier = False
+    description = ""
+
+    def config(self) -> dict[str, Any]:
+        """The settings that determine this method's output (part of the result key)."""
+        return {"method": self.name}
+
+    def run(self, ctx: MethodContext, task: Task, seed: int) -> MethodOutput:
+        """Run on one task and seed; the cost is measured here, the same way for all methods."""
+        if self.uses_teacher and ctx.teacher is None:
+            raise UserError(f"method {self.name} needs a teacher model")
+        if self.needs_verifier and ctx.verifier is None:
+            raise UserError(f"method {self.name} needs a suite with a verifier (the grid suite)")
+        _drop_lora(ctx.reasoner)  # a previous TTO run must never leak its adapter into this one
+        device = getattr(ctx.reasoner, "device", None)
+        counts = {"reasoner": 0, "teacher": 0}
+        with _Meter(device) as meter:
+            try:
+                out = self._run(ctx, task, int(seed), counts)
+            finally:
+                _drop_lora(ctx.reasoner)
+        out.cost = Cost(wall_s=meter.wall_s, reasoner_calls=counts["reasoner"], teacher_calls=counts["teacher"],
+                        peak_mem_mb=meter.peak_mb)
+        out.extra.setdefault("peak_mem_scope", meter.scope)
+        return out
+
+    def _run(self, ctx: MethodContext, task: Task, seed: int, counts: dict[str, int]) -> MethodOutput:
+        raise NotImplementedError
+
+    # helpers shared by the sampling methods
+    def _sample(self, ctx: MethodContext, prompt: str, task: Task, seed: int, counts: dict[str, int]):
+        """One frozen few-step sample: (F, 3, H, W) float in [0, 1]."""
+        import torch
+
+        cond = ctx.reasoner.prepare(prompt, task.first_frame, seed, num_frames=ctx.frames_for(task))
+        with torch.no_grad():
+            video = ctx.reasoner.generate(cond)
+        counts["reasoner"] += sampler_steps(ctx.reasoner)
+        return video
+
+    def __repr__(self) -> str:
+        return f"<method {self.name}>"
+
+
+def _drop_lora(reasoner: Any) -> None:
+    remove = getattr(reasoner, "remove_lora", None)
+    if remove is not None:
+        remove()
+
+
+def _to_uint8(video) -> np.ndarray:
+    from .video import to_uint8
+
+    return to_uint8(video)
+
+
+# ---------------------------------------------------------------- methods
+class Frozen(Method):
+    name = "frozen"
+    description = "the reasoner as shipped: one few-step sample"
+
+    def _run(self, ctx, task, seed, counts):
+        video = self._sample(ctx, task.prompt, task, seed, counts)
+        return MethodOutput(video=_to_uint8(video))
+
+
+class BestOfN(Method):
+    """N samples, the best by the teacher's lambda-weighted P(Yes) on its own queries."""
+
+    uses_teacher = True
+    description = "N seeds, the best by the teacher's score"
+
+    def __init__(self, n: int = DEFAULT_N) -> None:
+        if n < 1:
+            raise UserError(f"best_of_n needs N >= 1, got {n}")
+        self.n = int(n)
+        self.name = f"best_of_n:{self.n}"
+
+    def config(self):
+        return {**super().config(), "n": self.n}
+
+    def _run(self, ctx, task, seed, counts):
+        from .reasoner.base import uniform_frame_indices
+
+        queries = ctx.teacher.propose_queries(task.prompt, task.first_frame)
+        counts["teacher"] += 1
+        best, candidates = None, []
+        for s in candidate_seeds(seed, self.n):
+            video = self._sample(ctx, task.prompt, task, s, counts)
+            idx = uniform_frame_indices(int(video.shape[0]), ctx.tto.num_frames_shown)
+            judged = ctx.teacher.score(video[idx], queries, lam=ctx.tto.lam)
+            counts["teacher"] += 1
+            candidates.append({"seed": s, "teacher_score": judged["score"], "p_yes": judged["p_yes"]})
+            if best is None or judged["score"] > best[0]:
+                best = (judged["score"], s, video)
+        assert best is not None
+        return MethodOutput(video=_to_uint8(best[2]), steps=self.n, stop_reason="best_of_n", queries=queries,
+                            extra={"candidates": candidates, "chosen_seed": best[1], "teacher_score": best[0]})
+
+
+class OraclePassAtN(Method):
+    """N samples, the best by the suite's verifier: the upper bound of best-of-N."""
+
+    needs_verifier = True
+    description = "N seeds, the best by the verifier (oracle upper bound)"
+
+    def __init__(self, n: int = DEFAULT_N) -> None:
+        if n < 1:
+            raise UserError(f"oracle_pass_at_n needs N >= 1, got {n}")
+        self.n = int(n)
+        self.name = f"oracle_pass_at_n:{self.n}"
+
+    def config(self):
+        return {**super().config(), "n": self.n}
+
+    def _run(self, ctx, task, seed, counts):
+        best, candidates = None, []
+        for s in candidate_seeds(seed, self.n):
+            video = _to_uint8(self._sample(ctx, task.prompt, task, s, counts))
+            score = float(ctx.verifier(task, video))
+            candidates.append({"seed": s, "verifier_score": score})
+            if best is None or score > best[0]:
+                best = (score, s, video)
+        assert best is not None
+        return MethodOutput(video=best[2], steps=self.n, stop_reason="oracle_pass_at_n",
+                            extra={"candidates": candidates, "chosen_seed": best[1], "verifier_calls": self.n})
+
+
+class TTO(Method):
+    """The teacher's test-time optimisation; ``changes`` is the ablation applied to the base config."""
+
+    uses_teacher = True
+
+    def __init__(self, name: str = "tto", changes: dict[str, Any] | None = None, description: str = "") -> None:
+        self.name = name
+        self.changes = dict(changes or {})
+        self.description = description or "teacher test-time optimisation (paper defaults)"
+        try:
+            replace(TTOConfig(), **self.changes)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"method {name}: {exc}") from None
+
+    def resolve(self, base: TTOConfig) -> TTOConfig:
+        """The base config with this ablation applied."""
+        try:
+            return replace(base, **self.changes)
+        except ValueError as exc:
+            raise UserError(f"method {self.name}: {exc}") from None
+
+    def tto_config(self, ctx: MethodContext) -> TTOConfig:
+        return self.resolve(ctx.tto)
+
+    def config(self):
+        return {**super().config(), "changes": self.changes}
+
+    def _run(self, ctx, task, seed, counts):
+        from .optimize import teach
+
+        cfg = self.tto_config(ctx)
+        result = teach(ctx.reasoner, ctx.teacher, task, cfg, seed=seed, num_frames=ctx.frames_for(task),
+                       progress=ctx.progress)
+        s = sampler_steps(ctx.reasoner)
+        per_x0 = 1 if cfg.x0_mode == "first" else s
+        counts["reasoner"] += len(result.history) * per_x0 + s
+        counts["teacher"] += len(result.history) + (1 if result.queries.source in ("teacher", "fallback") else 0)
+        return MethodOutput(video=_to_uint8(result.video), steps=result.steps, stop_reason=result.stop_reason,
+                            history=result.history, queries=result.queries,
+                            extra={"updates": result.updates, "seconds": result.seconds, "config": asdict(cfg)})
+
+
+class Solver(Method):
+    """VLM-as-solver: the teacher writes a plan, the reasoner samples once from instruction + plan."""
+
+    uses_teacher = True
+    name = "solver"
+    description = "the teacher rewrites the instruction into a plan the reasoner is conditioned on"
+
+    def config(self):
+        return {**super().config(), "prompt_version": SOLVER_VERSION}
+
+    def _run(self, ctx, task, seed, counts):
+        images = [task.first_frame] if task.first_frame is not None else []
+        plan = " ".join(ctx.teacher.generate_text(SOLVER_PROMPT.format(instruction=task.prompt.strip()), images,
+                                                  max_new_tokens=160).split())
+        counts["teacher"] += 1
+        prompt = f"{task.prompt.strip()} Plan: {plan}" if plan else task.prompt
+        video = self._sample(ctx, prompt, task, seed, counts)
+        return MethodOutput(video=_to_uint8(video), steps=1, stop_reason="solver",
+                            extra={"plan": plan, "prompt": prompt, "empty_plan": not plan})
+
+
+_BETTER = re.compile(r"better\s*(?:video)?\s*[:\-]?\s*\**\s*(?:video\s*)?\(?([AB])\b", re.I)
+_PROMPT = re.compile(r"(?:new\s+|rewritten\s+)?prompt\s*:\s*(.+)", re.I | re.S)
+
+
+def parse_comparison(text: str) -> tuple[str | None, str | None]:
+    """("A" | "B" | None, rewritten prompt | None) from a VideoTPO comparison reply."""
+    m = _BETTER.search(text or "")
+    choice = m.group(1).upper() if m else None
+    p = _PROMPT.search(text or "")
+    prompt = " ".join(p.group(1).split()).strip("\"'<>* ") if p else None
+    return choice, (prompt or None)
+
+
+class VideoTPO(Method):
+    """VideoTPO-style prompt optimisation: compare two candidates, rewrite the prompt, iterate."""
+
+    uses_teacher = True
+    description = "the teacher compares two candidates and rewrites the prompt, iterating"
+
+    def __init__(self, rounds: int = DEFAULT_TPO_ROUNDS) -> None:
+        if rounds < 1:
+            raise UserError(f"videotpo needs at least 1 round, got {rounds}")
+        self.rounds = int(rounds)
+        self.name = f"videotpo:{self.rounds}"
+
+    def config(self):
+        return {**super().config(), "rounds": self.rounds, "frames": TPO_FRAMES, "prompt_version": TPO_VERSION}
+
+    def _run(self, ctx, task, seed, counts):
+        from .reasoner.base import uniform_frame_indices
+
+        prompt = task.prompt
+        seeds = candidate_seeds(seed, 2)
+        history: list[dict[str, Any]] = []
+        best = None
+        for r in range(1, self.rounds + 1):
+            videos = [_to_uint8(self._sample(ctx, prompt, task, s, counts)) for s in seeds]
+            frames = [v[i] for v in videos for i in uniform_frame_indices(len(v), TPO_FRAMES)]
+            k = len(frames) // 2
+            reply = ctx.teacher.generate_text(
+                TPO_PROMPT.format(k=k, instruction=task.prompt.strip(), prompt=prompt.strip()), frames,
+                max_new_tokens=200)
+            counts["teacher"] += 1
+            choice, new_prompt = parse_comparison(reply)
+            chosen = 1 if choice == "B" else 0
+            best = videos[chosen]
+            history.append({"step": r, "prompt": prompt, "choice": choice, "chosen": "AB"[chosen],
+                            "parsed_prompt": new_prompt is not None, "reply": " ".join(reply.split())[:500]})
+            if new_prompt and r < self.rounds:
+                prompt = new_prompt
+        assert best is not None
+        return MethodOutput(video=best, steps=self.rounds, stop_reason="rounds", history=history,
+                            extra={"final_prompt": prompt})
+
+
+# ---------------------------------------------------------------- registry
+_TTO_ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "tto": ({}, "teacher test-time optimisation (paper defaults)"),
+    "tto_generic": ({"queries": "generic"}, "generic (task-agnostic) queries"),
+    "tto_lam1": ({"lam": 1.0}, "goal query only (lambda = 1)"),
+    "tto_lam0": ({"lam": 0.0}, "process queries only (lambda = 0)"),
+    "tto_last_step": ({"x0_mode": "last"}, "optimise the last denoising step"),
+    "tto_all_steps": ({"x0_mode": "all"}, "backprop through all denoising steps"),
+}
+
+#: every name the registry knows; <N>, <R>, <K>, <S> are integers
+METHOD_PATTERNS = ("frozen", "best_of_n[:N]", "oracle_pass_at_n[:N]", *_TTO_ABLATIONS, "tto_k<K>", "tto_fixed<S>",
+                   "solver", "videotpo[:R]")
+
+
+def parse_method(name: str) -> Method:
+    """The one place that turns a method name (``best_of_n:8``, ``tto_k12``, ...) into a Method."""
+    raw = str(name).strip()
+    base, _, arg = raw.partition(":")
+
+    def number(what: str, default: int) -> int:
+        if not arg:
+            return default
+        if not arg.isdigit():
+            raise UserError(f"method {raw!r}: {what} must be a positive integer, e.g. {base}:{default}")
+        return int(arg)
+
+    if base == "frozen" and not arg:
+        return Frozen()
+    if base == "best_of_n":
+        return BestOfN(number("N", DEFAULT_N))
+    if base == "oracle_pass_at_n":
+        return OraclePassAtN(number("N", DEFAULT_N))
+    if base == "videotpo":
+        return VideoTPO(number("R", DEFAULT_TPO_ROUNDS))
+    if base == "solver" and not arg:
+        return Solver()
+    if not arg:
+        if base in _TTO_ABLATIONS:
+            changes, desc = _TTO_ABLATIONS[base]
+            return TTO(base, changes, desc)
+        m = re.fullmatch(r"tto_k(\d+)", base)
+        if m:
+            k = int(m.group(1))
+            if k < 1:
+                raise UserError(f"method {raw!r}: K must be >= 1")
+            return TTO(base, {"num_frames_shown": k}, f"K = {k} frames shown to the teacher")
+        m = re.fullmatch(r"tto_fixed(\d+)", base)
+        if m:
+            return TTO(base, {"fixed_steps": int(m.group(1))}, f"fixed budget of {int(m.group(1))} updates")
+    raise UserError(f"unknown method {raw!r}; known: {', '.join(METHOD_PATTERNS)}")
+
+
+def get_method(name: str) -> Method:
+    return parse_method(name)
+
+
+def parse_methods(spec: str | Sequence[str]) -> list[Method]:
+    """A comma-separated list (or a sequence) of names -> Methods, duplicates refused."""
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n and n.strip()]
+    if not names:
+        raise UserError("no methods given; e.g. --methods frozen,best_of_n,tto")
+    methods = [parse_method(n) for n in names]
+    seen: dict[str, str] = {}
+    for given, m in zip(names, methods):
+        if m.name in seen:
+            raise UserError(f"method {given!r} repeats {seen[m.name]!r}")
+        seen[m.name] = given
+    return methods
+
+
+#: the methods and ablations of the paper's tables, for ``--methods all``
+def all_methods(k_values: Sequence[int] = (12, 48), fixed_budgets: Sequence[int] = (0, 5, 10, 16, 20, 40)) -> list[str]:
+    return ["frozen", f"best_of_n:{DEFAULT_N}", f"oracle_pass_at_n:{DEFAULT_N}", "tto", "solver",
+            f"videotpo:{DEFAULT_TPO_ROUNDS}", "tto_generic", "tto_lam1", "tto_lam0", "tto_last_step", "tto_all_steps",
+            *(f"tto_k{k}" for k in k_values), *(f"tto_fixed{s}" for s in fixed_budgets)]
+
+
+def is_ablation(name: str) -> bool:
+    """True for the TTO variants other than ``tto`` itself (the ablation table's rows)."""
+    return name.startswith("tto_")
+
+
+def finite_or_none(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None

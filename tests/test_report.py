@@ -1,0 +1,107 @@
+"""The report on a store written here: the paper-shaped tables, the per-step curves,
+the teacher-accuracy scatter (two teachers) and the gallery."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from vlm_teacher.bench import open_store
+from vlm_teacher.errors import UserError
+from vlm_teacher.report import markdown_report, tables, teacher_points, write_report
+from vlm_teacher.video import write_video
+
+
+def _row(task, method, score, *, teacher=None, hash_="h0", seconds=1.0, steps=0, agree=None, status="done",
+         video=None, history=None):
+    extra = {"group": "grid:test", "teacher": teacher if method != "frozen" else None,
+             "eval_teacher": teacher}
+    if agree is not None:
+        extra["teacher_eval"] = {"p_yes": 0.7 if agree else 0.2, "agree": agree, "passed": score >= 1}
+    return {"suite": "grid:test", "task_id": task, "method": method, "seed": 0, "config_hash": hash_,
+            "status": status, "score": score if status == "done" else None,
+            "passed": int(score >= 1) if status == "done" else None, "steps": steps, "seconds": seconds,
+            "reasoner_calls": 4 + steps, "teacher_calls": steps, "peak_mem_mb": 100.0 + steps,
+            "video_path": video, "history_path": history, "extra": extra,
+            "error": None if status == "done" else "boom"}
+
+
+@pytest.fixture
+def bench_dir(tmp_path):
+    out = tmp_path / "bench"
+    video = np.zeros((5, 16, 16, 3), np.uint8)
+    rows = []
+    for t, task in enumerate(["maze-test-00000", "push-test-00000"]):
+        vid = f"runs/{task}.mp4"
+        write_video(out / vid, video)
+        rows.append(_row(task, "frozen", 0.25, teacher="qwen-a", hash_="fa", video=vid, agree=True))
+        rows.append(_row(task, "frozen", 0.25, teacher="qwen-b", hash_="fb", video=vid, agree=False))
+        for teacher, h, score, agree in (("qwen-a", "ta", 1.0, True), ("qwen-b", "tb", 0.5, False)):
+            hist = f"runs/{task}-{teacher}.json"
+            (out / hist).write_text(json.dumps({"history": [
+                {"step": 1, "loss": 2.0, "p_yes": [0.1, 0.2, 0.3]},
+                {"step": 2, "loss": 1.0 + t, "p_yes": [0.4, 0.5, 0.6]}]}))
+            rows.append(_row(task, "tto", score, teacher=teacher, hash_=h, seconds=10.0, steps=2, agree=agree,
+                             video=vid, history=hist))
+        rows.append(_row(task, "tto_lam1", 0.75, teacher="qwen-a", hash_="l1", seconds=8.0, steps=2, history=hist))
+    rows.append(_row("maze-test-00001", "tto_lam1", 0.0, teacher="qwen-a", hash_="l1", status="failed"))
+    with open_store(out) as store:
+        for r in rows:
+            store.put(r)
+    return out
+
+
+def test_tables_group_methods_and_teachers(bench_dir):
+    from vlm_teacher.report import load_rows
+
+    t = tables(load_rows(bench_dir))
+    assert t["groups"] == ["grid:test"]
+    # one method under two configurations is split by teacher, frozen first, ablations last
+    assert t["labels"] == ["frozen [qwen-a]", "frozen [qwen-b]", "tto [qwen-a]", "tto [qwen-b]", "tto_lam1"]
+    c = t["cells"][("tto [qwen-a]", "grid:test")]
+    assert (c["n"], c["score"], c["pass_rate"], c["steps"], c["seconds"], c["reasoner_calls"]) == (2, 1.0, 1.0, 2, 10, 6)
+    lam1 = t["cells"][("tto_lam1", "grid:test")]
+    assert (lam1["n"], lam1["failed"], lam1["score"]) == (3, 1, 0.75)  # the failed row is counted, not averaged
+    # ablations are compared with tto of the same teacher
+    delta = {a["label"]: a["cells"]["grid:test"]["delta"] for a in t["ablations"]}
+    assert delta["tto_lam1"] == pytest.approx(0.75 - 1.0) and delta["tto [qwen-a]"] is None
+
+
+def test_teacher_accuracy_against_gain(bench_dir):
+    from vlm_teacher.report import label_rows, load_rows
+
+    points = {p["teacher"]: p for p in teacher_points(label_rows(load_rows(bench_dir)))}
+    assert points["qwen-a"]["accuracy"] == 1.0 and points["qwen-a"]["gain"] == pytest.approx(0.75)
+    assert points["qwen-b"]["accuracy"] == 0.0 and points["qwen-b"]["gain"] == pytest.approx(0.25)
+
+
+def test_html_report_has_tables_curves_scatter_and_gallery(bench_dir):
+    path = write_report(bench_dir)
+    text = path.read_text()
+    for needle in ("Main table", "cost accounting", "Ablations", "goal query only (lambda = 1)",
+                   "Teacher accuracy vs gain", "Video gallery", "1.000 (10.0 s)"):
+        assert needle in text, needle
+    images = re.findall(r"<img src='([^']+)'", text)
+    assert any("loss_per_step" in i for i in images) and any("teacher_accuracy_vs_gain" in i for i in images)
+    assert sum("p_yes_" in i for i in images) == 3  # one per TTO variant
+    for src in images + re.findall(r"<video src='([^']+)'", text):
+        f = bench_dir / src
+        assert f.is_file() and f.stat().st_size > 0, src
+    assert all((bench_dir / i).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert text.count("<video") == 2 * 4  # 2 tasks x (2 frozen + 2 tto) with videos
+
+
+def test_markdown_tables(bench_dir):
+    md = markdown_report(bench_dir, title="grid")
+    assert md.startswith("# grid\n")
+    assert "| tto [qwen-a] | 1.000 (10.0 s) |" in md
+    assert "| tto_lam1 | goal query only (lambda = 1) | 0.750 (-0.250), 2.0 steps, 8.0 s |" in md
+    assert "### Teacher accuracy vs gain" in md
+
+
+def test_missing_store_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no results.sqlite"):
+        write_report(tmp_path)
