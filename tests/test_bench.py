@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -89,7 +90,7 @@ def _k(r):
     return (r["suite"], r["task_id"], r["method"], r["seed"], r["config_hash"])
 
 
-def test_other_settings_make_new_rows_not_overwrites(grid_bench, tiny_wan_dir, tiny_qwen25_dir):
+def test_other_settings_make_new_rows_not_overwrites(grid_bench, tmp_path, tiny_wan_dir, tiny_qwen25_dir):
     cfg, _ = grid_bench
     other = _cfg(cfg.out, tiny_wan_dir, tiny_qwen25_dir, tto={**TTO_SMALL, "lr": 1e-3})
     old, new = plan(cfg), plan(other)
@@ -98,6 +99,14 @@ def test_other_settings_make_new_rows_not_overwrites(grid_bench, tiny_wan_dir, t
     tto_old = {i.key.config_hash for i in old if i.method != "frozen"}
     tto_new = {i.key.config_hash for i in new if i.method != "frozen"}
     assert tto_old.isdisjoint(tto_new)
+    # another teacher: new TTO rows, while the teacher-free frozen rows are shared
+    other_teacher = tmp_path / "qwen-b"
+    shutil.copytree(tiny_qwen25_dir, other_teacher)
+    cfg_json = other_teacher / "config.json"
+    cfg_json.write_text(cfg_json.read_text().replace("\n", "\n "))  # any change to the folder's files
+    third = plan(_cfg(cfg.out, tiny_wan_dir, other_teacher))
+    assert {i.key for i in old if i.method == "frozen"} == {i.key for i in third if i.method == "frozen"}
+    assert tto_old.isdisjoint({i.key.config_hash for i in third if i.method != "frozen"})
 
 
 def test_bad_input_is_one_line(tmp_path, capsys, tiny_wan_dir, tiny_qwen25_dir):
@@ -108,6 +117,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, tiny_wan_dir, tiny_qwen25_dir):
         (["--suite", "grid:test", "--methods", "frozen", "--seeds", "a"], "bad --seeds"),
         (["--suite", "vbvr", "--methods", "frozen"], "needs the dataset folder"),
         (["--suite", "nope:x", "--methods", "frozen"], "unknown suite"),
+        (["--suite", "grid:test", "--methods", "frozen", "--workers", "2"], "--workers is for --executor ray"),
     ):
         assert main(["bench", *argv, *common, "--quiet"]) == 2
         err = capsys.readouterr().err.strip()

@@ -166,7 +166,9 @@ def config_hash(method, cfg: BenchConfig, models: dict[str, str]) -> str:
     """Hash of everything that determines a method's output besides task and seed."""
     from .methods import TTO, BestOfN
 
-    doc: dict[str, Any] = {"method": method.config(), "models": models, "frames": cfg.num_frames}
+    # the teacher is part of the key only where it shapes the video (not for frozen / oracle)
+    used = {k: v for k, v in models.items() if k == "reasoner" or method.uses_teacher}
+    doc: dict[str, Any] = {"method": method.config(), "models": used, "frames": cfg.num_frames}
     # Only the settings the user changed from the paper's defaults (the defaults live in the
     # code): a new TTOConfig field with a default must not orphan the rows already stored.
     if isinstance(method, TTO):
@@ -491,6 +493,9 @@ def run_bench(cfg: BenchConfig, *, executor: str = "local", workers: int | None 
         raise UserError(f"unknown executor {executor!r}; use {' or '.join(EXECUTORS)}")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    if executor == "local" and workers not in (None, 1):
+        raise UserError("--workers is for --executor ray; with the local executor start several bench processes "
+                        "on the same --out instead (they share the work through claims)")
     suite = cfg.load_suite()
     instances = plan(cfg, suite)
     cfg.out.mkdir(parents=True, exist_ok=True)
