@@ -8,7 +8,6 @@ import pytest
 
 from vlm_teacher.errors import UserError
 from vlm_teacher.methods import (
-    TTO,
     BestOfN,
     MethodContext,
     OraclePassAtN,

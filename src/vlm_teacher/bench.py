@@ -281,7 +281,6 @@ class InstanceRunner:
                     "extra": {"traceback": traceback.format_exc()[-4000:], "run_dir": inst.run_dir}}
 
     def _run(self, inst: Instance) -> dict[str, Any]:
-        from .files import write_json as _wj
         from .video import write_video
 
         ctx = self.context()
@@ -293,9 +292,9 @@ class InstanceRunner:
         run_dir.mkdir(parents=True, exist_ok=True)
         video_path = write_video(run_dir / "video.mp4", out.video, fps=ctx.fps)
         if out.queries is not None:
-            _wj(run_dir / "queries.json", out.queries.to_dict())
+            write_json(run_dir / "queries.json", out.queries.to_dict())
         cost = out.cost.to_dict()
-        _wj(run_dir / "history.json", {"method": inst.method, "task": inst.task_id, "seed": inst.seed,
+        write_json(run_dir / "history.json", {"method": inst.method, "task": inst.task_id, "seed": inst.seed,
                                        "steps": out.steps, "stop_reason": out.stop_reason, "cost": cost,
                                        "queries": out.queries.to_dict() if out.queries else None,
                                        "extra": out.extra, "history": out.history})
@@ -369,9 +368,6 @@ class _RayWorker:
 
     def __init__(self, cfg: BenchConfig) -> None:
         self.runner = InstanceRunner(cfg)
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def run(self, inst: Instance) -> dict[str, Any]:
         return self.runner.run(inst)

@@ -43,7 +43,6 @@ high-water mark and says so in ``peak_mem_scope``).
 from __future__ import annotations
 
 import logging
-import math
 import re
 import resource
 import sys
@@ -535,16 +534,3 @@ def all_methods(k_values: Sequence[int] = (12, 48), fixed_budgets: Sequence[int]
     return ["frozen", f"best_of_n:{DEFAULT_N}", f"oracle_pass_at_n:{DEFAULT_N}", "tto", "solver",
             f"videotpo:{DEFAULT_TPO_ROUNDS}", "tto_generic", "tto_lam1", "tto_lam0", "tto_last_step", "tto_all_steps",
             *(f"tto_k{k}" for k in k_values), *(f"tto_fixed{s}" for s in fixed_budgets)]
-
-
-def is_ablation(name: str) -> bool:
-    """True for the TTO variants other than ``tto`` itself (the ablation table's rows)."""
-    return name.startswith("tto_")
-
-
-def finite_or_none(x: Any) -> float | None:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None

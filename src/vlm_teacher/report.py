@@ -263,7 +263,7 @@ def teacher_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return points
 
 
-def _plots(bench_dir: Path, files: Path, curves: dict[str, Any], points: list[dict[str, Any]]) -> dict[str, Path]:
+def _plots(files: Path, curves: dict[str, Any], points: list[dict[str, Any]]) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -360,7 +360,7 @@ def render_html(bench_dir: Path, out: Path, gallery: int = 12) -> str:
     files = out.parent / FILES_DIR
     curves = step_curves(bench_dir, rows)
     points = teacher_points(rows)
-    plots = _plots(bench_dir, files, curves, points)
+    plots = _plots(files, curves, points)
     rel = lambda p: os.path.relpath(p, out.parent)  # noqa: E731
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>vlm-teacher report: "
              f"{html.escape(str(bench_dir))}</title><style>{_CSS}</style></head><body>",
