@@ -58,6 +58,7 @@ def test_questions_cover_the_verifier():
         assert set(questions(task)) == {"goal", "moves", "intact"} | ({"box"} if task.family == "push" else set())
 
 
+@pytest.mark.slow  # ~30 s on the shared 2-core machine
 def test_recipe_end_to_end_with_a_reasoner(tmp_path, grid_wan_dir):
     from vlm_teacher.teacher import load_teacher
 

@@ -68,13 +68,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
     p.add_argument("--stop-at", type=int, default=None,
                    help="checkpoint and stop after this step, as an interrupted run would (continue with --resume)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this teacher folder (e.g. the shipped one, to retrain on a new reasoner's "
+                        "videos) instead of a random model; the size options are then ignored")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on the shared 2-core machine one thread ran a step of this "
                         "small model 4x faster than two, which wait on each other when another job holds a core)")
     g = p.add_argument_group("data")
     g.add_argument("--train-tasks", type=int, default=400, help="train-split tasks per family (default 400)")
     g.add_argument("--batch", type=int, default=4, help="videos per step (default 4)")
-    g.add_argument("--query-batch", type=int, default=1, help="query-writing examples per step (default 1)")
+    g.add_argument("--query-batch", type=int, default=1, help="query-writing examples per query step (default 1)")
+    g.add_argument("--query-every", type=int, default=3,
+                   help="a query-writing example every this many steps (default 3: it is learnt long before the answers)")
+    g.add_argument("--where-loss", type=float, default=0.3,
+                   help="weight of each training-only where-question (agent/box row and column; 0 = off)")
+    g.add_argument("--cell-loss", type=float, default=0.5,
+                   help="weight of the auxiliary per-cell perception loss (0 = off; default 0.5)")
     g.add_argument("--reasoner-share", type=float, default=0.5,
                    help="share of videos drawn from the reasoner's outputs when there are any (default 0.5)")
     g.add_argument("--weight-scan", type=int, default=400,
@@ -206,12 +215,22 @@ def lr_at(step: int, progress: float, args) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def save_checkpoint(work: Path, teacher, optimizer, init: Path, state: dict[str, Any]) -> None:
+def _named_parameters(teacher, probe) -> dict[str, torch.nn.Parameter]:
+    out = dict(teacher.model.named_parameters())
+    if probe is not None:
+        out.update({f"cell_probe.{n}": p for n, p in probe.named_parameters()})
+    return out
+
+
+def save_checkpoint(work: Path, teacher, optimizer, init: Path, state: dict[str, Any], probe=None) -> None:
     from safetensors.torch import save_file
 
     ckpt = work / "ckpt"
     save_folder(teacher, ckpt, init)
-    names = {id(p): n for n, p in teacher.model.named_parameters()}
+    if probe is not None:
+        save_file({n: p.detach().clone() for n, p in probe.named_parameters()}, str(work / "probe.safetensors.tmp"))
+        (work / "probe.safetensors.tmp").replace(work / "probe.safetensors")
+    names = {id(p): n for n, p in _named_parameters(teacher, probe).items()}
     tensors = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -222,11 +241,13 @@ def save_checkpoint(work: Path, teacher, optimizer, init: Path, state: dict[str,
     write_json(work / "state.json", state)
 
 
-def load_optimizer_state(work: Path, teacher, optimizer) -> None:
+def load_optimizer_state(work: Path, teacher, optimizer, probe=None) -> None:
     from safetensors.torch import load_file
 
+    if probe is not None and (work / "probe.safetensors").is_file():
+        probe.load_state_dict(load_file(str(work / "probe.safetensors")))
     saved = load_file(str(work / "optimizer.safetensors"))
-    params = dict(teacher.model.named_parameters())
+    params = _named_parameters(teacher, probe)
     for key, value in saved.items():
         name, field = key.split("::")
         optimizer.state[params[name]][field] = value
@@ -234,16 +255,43 @@ def load_optimizer_state(work: Path, teacher, optimizer) -> None:
 
 # ---------------------------------------------------------------- losses
 
-def answer_loss(teacher, example, weights: dict[tuple[str, bool], float], yes_no: tuple[int, int]) -> torch.Tensor:
-    """Weighted cross-entropy on the answer token, through ``QwenVLTeacher.answer_logits``."""
+def where_questions(example, rng: np.random.Generator, digits: dict[str, int]) -> list[tuple[str, int]]:
+    """Training-only questions with a one-digit answer read by the verifier from the video
+    itself: the row and column of the agent (and box) in the last frame and in one random
+    frame ("9" when it is not visible). A Yes/No answer carries one bit per question; these
+    carry three, and teach the language model where in the video tokens to look."""
+    if not example.paths:
+        return []
+    out = []
+    frames = len(example.paths["agent"])
+    for thing in ("agent", "box"):
+        path = example.paths.get(thing)
+        if not path:
+            continue
+        word = "blue agent" if thing == "agent" else "brown box"
+        for t in (frames - 1, int(rng.integers(frames))):
+            cell = path[t]
+            when = "at the end" if t == frames - 1 else f"in frame {t}"
+            for axis, i in (("row", 0), ("column", 1)):
+                answer = "9" if cell is None else str(cell[i])
+                out.append((f"Which {axis} is the {word} in {when}?", digits[answer]))
+    return out
+
+
+def answer_loss(teacher, example, weights: dict[tuple[str, bool], float], yes_no: tuple[int, int],
+                extra: list[tuple[str, int]] = (), extra_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted cross-entropy on the Yes/No answer token, through ``QwenVLTeacher.answer_logits``,
+    and (with ``extra``) on the where-questions' digits, in the same batched forward: two sums."""
     from ..video import to_float
 
     kinds = list(example.labels)
     qs = example.questions
-    logits = teacher.answer_logits(to_float(example.video), [qs[k] for k in kinds])[:, 0]
-    target = torch.tensor([yes_no[0] if example.labels[k] else yes_no[1] for k in kinds])
-    w = torch.tensor([weights.get((k, example.labels[k]), 1.0) for k in kinds])
-    return (torch.nn.functional.cross_entropy(logits, target, reduction="none") * w).sum()
+    extra = list(extra) if extra_weight > 0 else []
+    logits = teacher.answer_logits(to_float(example.video), [qs[k] for k in kinds] + [q for q, _ in extra])[:, 0]
+    target = torch.tensor([yes_no[0] if example.labels[k] else yes_no[1] for k in kinds] + [t for _, t in extra])
+    w = torch.tensor([weights.get((k, example.labels[k]), 1.0) for k in kinds] + [extra_weight] * len(extra))
+    terms = torch.nn.functional.cross_entropy(logits, target, reduction="none") * w
+    return terms[:len(kinds)].sum(), terms[len(kinds):].sum()
 
 
 def query_loss(teacher, task) -> tuple[torch.Tensor, int]:
@@ -279,6 +327,63 @@ def class_weights(examples) -> dict[tuple[str, bool], float]:
     return out
 
 
+# ---------------------------------------------------------------- auxiliary perception loss
+
+class CellProbe(torch.nn.Module):
+    """Training-only auxiliary loss (never shipped): a linear head on the vision tokens the
+    language model receives predicts what the pixel verifier reads in each of the cells they
+    cover (centre and border colour class of each cell, in both frames of the temporal patch).
+
+    From scratch, the answer loss alone sat at the Yes/No prior (ln 2) for hundreds of steps:
+    nothing told the vision tower what matters. This dense signal, read from the same pixels
+    by the verifier's own reader, makes the video tokens carry the grid state early."""
+
+    def __init__(self, teacher) -> None:
+        from ..suites.grid import PALETTE
+
+        super().__init__()
+        self.classes = len(PALETTE) + 1  # palette colours + unknown
+        merge = teacher.spec.merge_size
+        self.per_token = teacher.spec.temporal_patch_size * merge * merge * 2
+        hidden = teacher.model.config.text_config.hidden_size
+        gen = torch.Generator().manual_seed(0)
+        self.head = torch.nn.Linear(hidden, self.per_token * self.classes)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=gen) * 0.02)
+            self.head.bias.zero_()
+        self.merge, self.tp = merge, teacher.spec.temporal_patch_size
+        self.captured: torch.Tensor | None = None
+        teacher.model.model.visual.merger.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output) -> None:
+        self.captured = output
+
+    def targets(self, video: np.ndarray) -> torch.Tensor:
+        from ..suites.grid.verify import MAX_DISTANCE, read_cells
+
+        t, h = video.shape[0], video.shape[1]
+        n = h // 16
+        cells = read_cells(video, n)
+        unknown = self.classes - 1
+        centre = np.where(cells["centre_dist"] > MAX_DISTANCE, unknown, cells["centre_idx"])
+        ring = np.where(cells["ring_dist"] > MAX_DISTANCE, unknown, cells["ring_idx"])
+        arr = np.stack([centre, ring], axis=-1)  # T, n, n, 2
+        if t % self.tp:
+            arr = np.concatenate([arr, np.repeat(arr[-1:], self.tp - t % self.tp, axis=0)])
+        m, tp = self.merge, self.tp
+        arr = arr.reshape(-1, tp, n // m, m, n // m, m, 2).transpose(0, 2, 4, 1, 3, 5, 6)
+        return torch.from_numpy(np.ascontiguousarray(arr).reshape(-1, self.per_token)).long()
+
+    def loss(self, video: np.ndarray) -> torch.Tensor:
+        """Cross-entropy of the head on the tokens of the LAST vision pass (``answer_logits``)."""
+        feats = self.captured
+        target = self.targets(video)
+        if feats is None or feats.shape[0] != target.shape[0]:
+            raise RuntimeError("the cell probe saw no vision pass for this video (or the frame size is not 16n)")
+        logits = self.head(feats.float()).view(-1, self.classes)
+        return torch.nn.functional.cross_entropy(logits, target.view(-1))
+
+
 # ---------------------------------------------------------------- the run
 
 class Stream:
@@ -303,7 +408,8 @@ class Stream:
     def step(self, step: int):
         rng = np.random.default_rng([self.args.seed, 1, step])
         videos = [self.draw(rng) for _ in range(self.args.batch)]
-        queries = [self.query_tasks[int(rng.integers(len(self.query_tasks)))] for _ in range(self.args.query_batch)]
+        n_q = self.args.query_batch if step % max(1, self.args.query_every) == 0 else 0
+        queries = [self.query_tasks[int(rng.integers(len(self.query_tasks)))] for _ in range(n_q)]
         return videos, queries
 
 
@@ -328,7 +434,7 @@ def run(args) -> int:
     if args.resume and not resuming:
         print(f"no checkpoint in {work}; starting from scratch")
     if not resuming:
-        for name in ("ckpt", "init", "state.json", "optimizer.safetensors", LOG_NAME):
+        for name in ("ckpt", "init", "state.json", "optimizer.safetensors", "probe.safetensors", LOG_NAME):
             path = work / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -338,7 +444,12 @@ def run(args) -> int:
     # the initial (random) model: its tokenizer and preprocessor files are kept for every save
     init = work / "init"
     if not (init / "config.json").is_file():
-        build_initial(init, args)
+        if args.init_from is not None:
+            if not (args.init_from / "config.json").is_file():
+                raise UserError(f"--init-from {args.init_from} is not a transformers model folder (no config.json)")
+            shutil.copytree(args.init_from, init, ignore=shutil.ignore_patterns("*.work", LOG_NAME, EVAL_NAME, "*.md"))
+        else:
+            build_initial(init, args)
     print(f"reasoner: {reasoner_dir}" if reasoner_dir else
           "reasoner: none available; training on ground-truth, corrupted and degraded renders only")
 
@@ -372,12 +483,14 @@ def run(args) -> int:
     teacher.model.requires_grad_(True)
     teacher.model.train()
     yes_no = (teacher.tokenizer.convert_tokens_to_ids("Yes"), teacher.tokenizer.convert_tokens_to_ids("No"))
-    params = [p for p in teacher.model.parameters() if p.requires_grad]
+    digits = {str(d): teacher.tokenizer(str(d), add_special_tokens=False)["input_ids"][0] for d in range(10)}
+    probe = CellProbe(teacher) if args.cell_loss > 0 else None
+    params = list(_named_parameters(teacher, probe).values())
     optimizer = _optimizer(params, args)
     state: dict[str, Any] = {"step": 0, "train_seconds": 0.0, "seed": args.seed}
     if resuming:
         state = json.loads(state_path.read_text())
-        load_optimizer_state(work, teacher, optimizer)
+        load_optimizer_state(work, teacher, optimizer, probe)
         print(f"resuming at step {state['step']}")
     log_path = work / LOG_NAME
     if log_path.is_file():  # drop lines written after the checkpoint
@@ -408,14 +521,23 @@ def run(args) -> int:
             videos, qtasks = stream.step(step)
             optimizer.zero_grad(set_to_none=True)
             n_answers = sum(len(v.labels) for v in videos)
-            a_loss = 0.0
+            a_loss = c_loss = w_loss = 0.0
+            wrng = np.random.default_rng([args.seed, 4, step])
             for ex in videos:
-                loss = answer_loss(teacher, ex, weights, yes_no) / n_answers
-                loss.backward()
+                loss, where = answer_loss(teacher, ex, weights, yes_no, where_questions(ex, wrng, digits),
+                                          args.where_loss)
+                loss, where = loss / n_answers, where / n_answers
                 a_loss += float(loss.detach())
+                w_loss += float(where.detach())
+                loss = loss + where
+                if probe is not None:
+                    cell = probe.loss(ex.video) / len(videos)
+                    c_loss += float(cell.detach())
+                    loss = loss + args.cell_loss * cell
+                loss.backward()
             q_loss = 0.0
             for qt in qtasks:
-                loss, n = query_loss(teacher, qt)
+                loss, n = query_loss(teacher, qt)  # (no vision pass of a video: the probe is not used)
                 loss = loss / (n * len(qtasks))
                 loss.backward()
                 q_loss += float(loss.detach())
@@ -424,18 +546,18 @@ def run(args) -> int:
             step += 1
             seconds = time.monotonic() - ts
             state["train_seconds"] = float(state["train_seconds"]) + seconds
-            log.write(json.dumps({"step": step, "lr": lr, "answer_loss": a_loss, "query_loss": q_loss,
+            log.write(json.dumps({"step": step, "lr": lr, "answer_loss": a_loss, "where_loss": w_loss, "cell_loss": c_loss, "query_loss": q_loss,
                                   "grad_norm": grad_norm, "seconds": round(seconds, 4),
                                   "sources": [v.source for v in videos]}) + "\n")
             log.flush()
             bar.update(1)
-            bar.set_postfix(answer=f"{a_loss:.3f}", query=f"{q_loss:.3f}")
+            bar.set_postfix(answer=f"{a_loss:.3f}", where=f"{w_loss:.3f}", cell=f"{c_loss:.3f}", query=f"{q_loss:.3f}")
             if step % args.ckpt_every == 0:
                 state["step"] = step
-                save_checkpoint(work, teacher, optimizer, init, state)
+                save_checkpoint(work, teacher, optimizer, init, state, probe)
     bar.close()
     state["step"] = step
-    save_checkpoint(work, teacher, optimizer, init, state)
+    save_checkpoint(work, teacher, optimizer, init, state, probe)
     if args.stop_at is not None and step >= args.stop_at and (total is None or step < total):
         print(f"stopped at step {step} as asked; continue with --resume")
         return 0

@@ -48,6 +48,7 @@ class Example:
     task: GridTask                 # whose questions are asked (goal colour included)
     labels: dict[str, bool]        # question type -> answer
     source: str                    # gt | counterfactual | corrupt:<kind> | degraded | reasoner_final | reasoner_preview
+    paths: dict[str, list] | None = None  # the verifier's reading of THIS video: agent/box cell per frame
 
     @property
     def questions(self) -> dict[str, str]:
@@ -71,7 +72,9 @@ def goal_variants(task: GridTask, colours: Sequence[str] = IN_DOMAIN_GOALS) -> l
 def labelled(task: GridTask, video: np.ndarray, source: str, decider: np.ndarray | None = None) -> Example:
     """An example whose answers are the verifier's verdict of ``decider`` (default: the video itself)."""
     verdict = verify(task, video if decider is None else decider)
-    return Example(video=video, task=task, labels=answers(task, verdict), source=source)
+    paths = None if decider is not None else {"agent": verdict.details["agent_path"],
+                                              "box": verdict.details["box_path"]}
+    return Example(video=video, task=task, labels=answers(task, verdict), source=source, paths=paths)
 
 
 # ---------------------------------------------------------------- degradations
