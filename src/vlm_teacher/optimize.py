@@ -63,6 +63,11 @@ class TTOConfig:
     grad_clip: float = 1.0
     x0_mode: str = "first"        # first | last | all (which denoising step is optimised)
     queries: str = "task"         # task (teacher-written) | generic (ablation)
+    # Performance: False keeps ONE host-device sync per step (the loss, for the stop rule):
+    # the gradient norm is read at the next step's sync and a non-finite gradient is
+    # neutralised on the device (LoRA and AdamW moments restored; only AdamW's step counter
+    # advances). True reads the norm right after backward and skips on the host (two syncs).
+    sync_grad_norm: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -191,6 +196,22 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
     history: list[dict[str, Any]] = []
     updates = 0
     reasoner_calls = 0
+    pending: tuple[dict[str, Any], torch.Tensor] | None = None  # (entry, grad norm on the device)
+
+    def finish(entry: dict[str, Any], grad_norm: float | None) -> None:
+        """Complete a step's record once its gradient norm is on the host, then hand it out."""
+        nonlocal updates
+        if grad_norm is not None:
+            entry["grad_norm"] = grad_norm
+            if math.isfinite(grad_norm):
+                updates += 1
+            else:
+                entry["skipped"] = "non-finite gradient"
+        if entry.get("skipped"):
+            log.warning("%s step %d: %s, update skipped", task.id, entry["step"], entry["skipped"])
+        if on_step is not None:
+            on_step(entry)
+
     stop_reason = STOP_BUDGET if cfg.fixed_steps is not None else STOP_MAX
     bar = tqdm(total=cfg.budget, desc=f"teach {task.id}", unit="step", disable=not progress, leave=False)
     for step in range(1, cfg.budget + 1):
@@ -202,37 +223,48 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
         logp = teacher.yes_logprob(frames, questions)
         teacher_calls += 1
         loss = weighted_loss(logp, cfg.lam)
-        loss_value = float(loss.detach())  # the stop rule needs it on the host: one sync per step
+        # The stop rule needs the loss on the host: the ONE host-device sync of the step. The
+        # P(Yes) values and the previous step's gradient norm come in the same transfer.
+        parts = [loss.detach().float().reshape(1), logp.detach().float().reshape(-1)]
+        if pending is not None:
+            parts.append(pending[1].detach().float().reshape(1).to(loss.device))
+        host = torch.cat(parts).cpu().tolist()
+        loss_value = host[0]
+        if pending is not None:
+            finish(pending[0], host[-1])
+            pending = None
         entry: dict[str, Any] = {
             "step": step,
             "loss": loss_value,
-            "p_yes": [math.exp(v) for v in logp.detach().float().cpu().tolist()],
+            "p_yes": [math.exp(v) for v in host[1:1 + logp.numel()]],
         }
         stop = cfg.fixed_steps is None and loss_value <= cfg.tau
+        grad_norm: float | None = None
         if stop:
             stop_reason = STOP_TAU
         elif not math.isfinite(loss_value):
             entry["skipped"] = "non-finite loss"
         else:
             loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            entry["grad_norm"] = grad_norm
-            if math.isfinite(grad_norm):
-                optimizer.step()
-                updates += 1
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if cfg.sync_grad_norm:
+                grad_norm = float(norm)
+                if math.isfinite(grad_norm):
+                    optimizer.step()
             else:
-                entry["skipped"] = "non-finite gradient"
-        if entry.get("skipped"):
-            log.warning("%s step %d: %s, update skipped", task.id, step, entry["skipped"])
+                guarded_step(optimizer, params, norm)
+                pending = (entry, norm)
         entry["seconds"] = time.perf_counter() - t0
         history.append(entry)
-        if on_step is not None:
-            on_step(entry)
+        if pending is None or pending[0] is not entry:
+            finish(entry, grad_norm)
         bar.set_postfix(loss=f"{loss_value:.3f}")
         bar.update(1)
         if stop:
             break
     bar.close()
+    if pending is not None:
+        finish(pending[0], float(pending[1]))
     optimizer.zero_grad(set_to_none=True)
     t_opt = time.perf_counter()
 
@@ -259,6 +291,30 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
         },
         config=asdict(cfg),
     )
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grad_norm: torch.Tensor) -> None:
+    """``optimizer.step()`` that leaves the parameters and the optimiser's moments
+    untouched when ``grad_norm`` is not finite, decided on the device (no host sync).
+
+    The gradients are zeroed where the norm is not finite (so no NaN enters the
+    moments), the step runs, then parameters and state tensors are put back with
+    ``torch.where``. Costs a copy of the LoRA and its two moments per step (a few MB
+    to a few hundred MB, microseconds on a GPU)."""
+    ok = torch.isfinite(grad_norm.detach())
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None:
+                p.grad.copy_(torch.where(ok, p.grad, torch.zeros((), dtype=p.grad.dtype, device=p.grad.device)))
+        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for p in params:
+            saved.append((p, p.detach().clone()))
+            for value in optimizer.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.is_floating_point() and value.shape == p.shape:
+                    saved.append((value, value.clone()))
+        optimizer.step()
+        for tensor, before in saved:
+            tensor.copy_(torch.where(ok.to(tensor.device), tensor, before))
 
 
 def _calls_per_x0(mode: str, sampler_steps: int) -> int:

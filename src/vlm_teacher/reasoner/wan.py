@@ -202,9 +202,21 @@ class WanReasoner:
     """The Reasoner protocol (``reasoner/base.py``) over a diffusers Wan pipeline folder.
 
     Attributes worth knowing: ``defaults`` (WanDefaults), ``fps``, ``flow_shift``,
-    ``vae_checkpointing`` (checkpoint the preview decode per latent frame: less
-    memory, one extra decoder forward in backward) and ``grad_checkpointing``
-    (the transformer's per-block checkpointing)."""
+    and the performance switches (each measured in benchmarks/README.md):
+
+    - ``grad_checkpointing``: the transformer's per-block checkpointing (less
+      activation memory, one more transformer forward in backward);
+    - ``vae_checkpointing``: checkpoint the preview decode per latent frame (less
+      memory, one extra decoder forward in backward);
+    - ``preview_needed_only`` (default on): the preview decodes only the latent
+      frames its pixel frames need (a prefix; the causal VAE makes it exact);
+    - ``compile``: ``torch.compile`` of the transformer's repeated blocks (off by default);
+    - ``preview_decoder``: a lightweight surrogate decoder for the preview (the paper's
+      choice; ``load_preview_decoder``), None = the full VAE (default). The final video
+      is always decoded by the full VAE.
+
+    ``text_encoder`` may be None (benchmarks at the real size skip the 4.7B UMT5
+    encoder): then ``prepare`` needs ``prompt_embeds``."""
 
     def __init__(self, transformer, vae, text_encoder, tokenizer, *, flow_shift: float,
                  num_train_timesteps: int = 1000, defaults: WanDefaults | None = None,
@@ -219,6 +231,10 @@ class WanReasoner:
         self.device = torch.device(device)
         self.path = path
         self.vae_checkpointing = False
+        self.preview_needed_only = True
+        self.preview_decoder: torch.nn.Module | None = None
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self._compiled = False
         self._dtype = transformer.dtype  # cached: diffusers' .dtype walks every module
         self._lora: dict[str, Any] | None = None
 
@@ -235,10 +251,12 @@ class WanReasoner:
         #: height and width must be multiples of this (VAE downsampling x transformer patch)
         self.size_multiple = self.scale_spatial * max(self.patch_size[1], self.patch_size[2])
         for module in (transformer, vae, text_encoder):
-            module.requires_grad_(False)
-            module.eval()
+            if module is not None:
+                module.requires_grad_(False)
+                module.eval()
         self._latents_mean = torch.tensor(vcfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._latents_std = torch.tensor(vcfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self._latent_stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         for name in ("height", "width"):
             value = getattr(self.defaults, name)
             if value is not None and value % self.size_multiple:
@@ -318,6 +336,21 @@ class WanReasoner:
         else:
             self.transformer.disable_gradient_checkpointing()
 
+    @property
+    def compile(self) -> bool:
+        """``torch.compile`` of the transformer's repeated blocks (regional compilation:
+        one compiled block serves all 30). Off by default; the first steps pay the
+        compilation. It cannot be undone on this object (set it on a fresh reasoner)."""
+        return self._compiled
+
+    @compile.setter
+    def compile(self, on: bool) -> None:
+        if on and not self._compiled:
+            self.transformer.compile_repeated_blocks(dynamic=False)
+            self._compiled = True
+        elif not on and self._compiled:
+            raise UserError("torch.compile cannot be turned off on a compiled reasoner; load a fresh one")
+
     # ------------------------------------------------------------------ conditioning
     def _resolve_size(self, first_frame: np.ndarray | None, height: int | None,
                       width: int | None) -> tuple[int, int]:
@@ -345,6 +378,11 @@ class WanReasoner:
     @torch.no_grad()
     def encode_text(self, prompt: str) -> torch.Tensor:
         """UMT5 hidden states, zero after the prompt's length, as WanPipeline does: (1, L, D)."""
+        if prompt in self._text_cache:
+            return self._text_cache[prompt]
+        if self.text_encoder is None or self.tokenizer is None:
+            raise UserError("this reasoner has no text encoder; pass prompt_embeds to prepare() "
+                            "or register them with set_prompt_embeds()")
         length = self.defaults.max_sequence_length
         inputs = self.tokenizer([_prompt_clean(prompt)], padding="max_length", max_length=length,
                                 truncation=True, add_special_tokens=True, return_attention_mask=True,
@@ -354,11 +392,22 @@ class WanReasoner:
         hidden = hidden * mask[..., None].to(hidden.dtype)
         return hidden.to(self._dtype)
 
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """latents mean/std on ``device``, copied once (a host-to-device copy per step
+        would be a host-device synchronisation inside the loop)."""
+        stats = self._latent_stats.get(device)
+        if stats is None:
+            stats = (self._latents_mean.to(device), self._latents_std.to(device))
+            self._latent_stats[device] = stats
+        return stats
+
     def _normalise(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self._latents_mean.to(z.device)) / self._latents_std.to(z.device)
+        mean, std = self._stats(z.device)
+        return (z - mean) / std
 
     def _denormalise(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self._latents_std.to(z.device) + self._latents_mean.to(z.device)
+        mean, std = self._stats(z.device)
+        return z * std + mean
 
     @torch.no_grad()
     def encode_image(self, image: np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -375,11 +424,13 @@ class WanReasoner:
 
     def prepare(self, prompt: str, first_frame: np.ndarray | None, seed: int, *,
                 num_frames: int | None = None, height: int | None = None, width: int | None = None,
-                steps: int | None = None) -> Conditioning:
+                steps: int | None = None, prompt_embeds: torch.Tensor | None = None) -> Conditioning:
         """Encode the text and the first frame once, draw the fixed noise ``eps``.
 
         The noise comes from a CPU ``torch.Generator(seed)`` and is then moved to
-        the device, so a seed means the same noise on every machine."""
+        the device, so a seed means the same noise on every machine.
+        ``prompt_embeds`` (1, L, text_dim): use these text-encoder states instead of
+        encoding ``prompt`` (precomputed embeddings, or benchmarks without UMT5)."""
         num_frames = self.defaults.num_frames if num_frames is None else int(num_frames)
         if num_frames < 1 or (num_frames - 1) % self.scale_temporal:
             raise UserError(f"num_frames must be {self.scale_temporal}k+1 (e.g. 9, 17, 89), got {num_frames}")
@@ -393,7 +444,8 @@ class WanReasoner:
         first_latent = self.encode_image(first_frame, height, width) if first_frame is not None else None
         p_t, p_h, p_w = self.patch_size
         extra = {
-            "prompt_embeds": self.encode_text(prompt),
+            "prompt_embeds": (self.encode_text(prompt) if prompt_embeds is None
+                              else self._check_embeds(prompt_embeds)),
             "first_latent": first_latent,
             "sigmas": shifted_sigmas(steps, self.flow_shift),
             "tokens_per_frame": (shape[3] // p_h) * (shape[4] // p_w),
@@ -401,6 +453,45 @@ class WanReasoner:
         }
         return Conditioning(prompt=prompt, seed=int(seed), num_frames=num_frames, height=height,
                             width=width, noise=noise, extra=extra)
+
+    def set_prompt_embeds(self, prompt: str, embeds: torch.Tensor | None) -> None:
+        """Use ``embeds`` (1, L, text_dim) as the text encoding of ``prompt`` from now on
+        (None forgets it): precomputed UMT5 states, or stand-ins when benchmarking
+        without the text encoder."""
+        if embeds is None:
+            self._text_cache.pop(prompt, None)
+        else:
+            self._text_cache[prompt] = self._check_embeds(embeds)
+
+    def load_preview_decoder(self, path: str | Path | None, dtype: torch.dtype | None = None) -> None:
+        """Decode the teacher's preview with the tiny surrogate decoder saved at ``path``
+        (a TAEHV-style ``.safetensors``, see ``reasoner/surrogate.py``); None: back to the VAE."""
+        if path is None:
+            self.preview_decoder = None
+            return
+        from .surrogate import TinyWanDecoder
+
+        decoder = TinyWanDecoder.from_file(path)
+        self.use_preview_decoder(decoder, dtype)
+
+    def use_preview_decoder(self, decoder: torch.nn.Module, dtype: torch.dtype | None = None) -> None:
+        """Attach a surrogate decoder module (frozen, on this device)."""
+        if getattr(decoder, "latent_channels", self.z_dim) != self.z_dim:
+            raise UserError(f"the surrogate decoder takes {decoder.latent_channels} latent channels, "
+                            f"this model has {self.z_dim}")
+        scale = getattr(decoder, "temporal_scale", self.scale_temporal)
+        if scale != self.scale_temporal:
+            raise UserError(f"the surrogate decoder upsamples time {scale}x, this VAE {self.scale_temporal}x")
+        decoder = decoder.to(self.device, dtype or self.vae.dtype).eval().requires_grad_(False)
+        self.preview_decoder = decoder
+
+    def _check_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
+        dim = int(self.transformer.config.text_dim)
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[0] != 1 \
+                or embeds.shape[2] != dim:
+            shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+            raise UserError(f"prompt_embeds must be a (1, L, {dim}) tensor, got {shape}")
+        return embeds.to(self.device, self._dtype)
 
     # ------------------------------------------------------------------ denoising
     @staticmethod
@@ -492,6 +583,13 @@ class WanReasoner:
         if not indices or min(indices) < 0 or max(indices) >= total:
             raise ValueError(f"frame indices must be in [0, {total - 1}], got {indices}")
         needed = math.ceil(max(indices) / self.scale_temporal) + 1
+        if not self.preview_needed_only:
+            needed = latent.shape[2]
+        if self.preview_decoder is not None:
+            dec = self.preview_decoder
+            dtype = next(dec.parameters()).dtype
+            z = self._denormalise(latent[:, :, :needed].float()).to(dtype)
+            return dec.decode(z, indices)[0].float()
         z = self._denormalise(latent[:, :, :needed].float()).to(self.vae.dtype)
         if self.vae_checkpointing:
             video = self._decode_checkpointed(z)
@@ -660,6 +758,8 @@ class WanReasoner:
         out: dict[str, torch.Tensor] = {}
         for prefix, module in (("transformer", self.transformer), ("vae", self.vae),
                                ("text_encoder", self.text_encoder)):
+            if module is None:
+                continue
             for name, tensor in module.state_dict(keep_vars=False).items():
                 if "lora_" in name:
                     continue

@@ -25,6 +25,7 @@ differ by a few levels (irrelevant to a VLM's judgement).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
@@ -183,9 +184,17 @@ def resize_frames(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _device_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant tensor copied to ``device`` once: a host-to-device copy on every
+    call would synchronise the host with the GPU inside the test-time loop. Callers
+    must not modify it in place."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def normalize_frames(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
-    mean = torch.tensor(spec.image_mean, dtype=torch.float32, device=frames.device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.image_std, dtype=torch.float32, device=frames.device).view(1, 3, 1, 1)
+    mean = _device_constant(tuple(spec.image_mean), torch.float32, frames.device).view(1, 3, 1, 1)
+    std = _device_constant(tuple(spec.image_std), torch.float32, frames.device).view(1, 3, 1, 1)
     return (frames.float() - mean) / std
 
 
@@ -208,7 +217,7 @@ def patchify(frames: torch.Tensor, spec: PixelSpec) -> tuple[torch.Tensor, torch
     # (gt, gh/m, gw/m, m_h, m_w, c, tp, p_h, p_w)
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
     pixel_values = x.reshape(gt * gh * gw, c * tp * p * p)
-    grid_thw = torch.tensor([[gt, gh, gw]], dtype=torch.long, device=frames.device)
+    grid_thw = _device_constant(((gt, gh, gw),), torch.long, frames.device)
     return pixel_values, grid_thw
 
 

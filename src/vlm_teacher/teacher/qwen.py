@@ -74,6 +74,18 @@ class QwenVLTeacher:
 
     Build it with ``from_pretrained(folder)``. ``fps`` is the frame rate assumed for
     the K frames shown (it only affects temporal positions / timestamps).
+
+    Performance switches (measured in benchmarks/README.md):
+
+    - ``grad_checkpointing`` (off): recompute each language-model layer and each
+      vision block in backward instead of keeping their activations;
+    - ``batch_questions`` (on): one vision-tower pass shared by all questions and one
+      batched language-model forward; off runs the model's own forward once per
+      question (the vision tower again each time), the naive reference.
+
+    The token ids, rotary positions and placeholder indices of a (questions, frame
+    size) pair are built once and kept on the device (``_prepared``): later steps do
+    no tokenisation, no rope-index computation and no host-to-device copies.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, spec: pixels.PixelSpec, arch: str, *,
@@ -99,6 +111,42 @@ class QwenVLTeacher:
         self.pad_id = self._pad_id()
         rope_params = inspect.signature(model.model.get_rope_index).parameters
         self._rope_takes_mm_types = "mm_token_type_ids" in rope_params
+        self.batch_questions = True
+        self._grad_ckpt = False
+        self._prepared_cache: dict[tuple, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------ performance switches
+
+    def _checkpoint_layers(self) -> list[torch.nn.Module]:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        return [m for m in self.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Activation checkpointing of every language-model layer and vision block."""
+        return self._grad_ckpt
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, on: bool) -> None:
+        import functools
+
+        from torch.utils.checkpoint import checkpoint
+
+        func = functools.partial(checkpoint, use_reentrant=False)
+        for layer in self._checkpoint_layers():
+            layer.gradient_checkpointing = bool(on)
+            layer._gradient_checkpointing_func = func
+        self._grad_ckpt = bool(on)
+        self._arm_checkpointing()
+
+    def _arm_checkpointing(self) -> None:
+        """transformers checkpoints a layer only when ``layer.training`` is set; the
+        teacher stays in eval mode (no dropout anywhere), so only the layers' own flag
+        is raised, and raised again before each use in case someone called ``eval()``."""
+        if self._grad_ckpt:
+            for layer in self._checkpoint_layers():
+                layer.training = True
 
     # ------------------------------------------------------------ loading
 
@@ -264,8 +312,15 @@ class QwenVLTeacher:
         """
         logp = torch.log_softmax(self.answer_logits(frames, questions), dim=-1)
         n_q, n_ans = logp.shape[:2]
-        target = torch.tensor(self.answer_ids, device=logp.device).view(1, n_ans, 1).expand(n_q, -1, -1)
+        target = self._answer_target(logp.device).view(1, n_ans, 1).expand(n_q, -1, -1)
         return logp.gather(-1, target).squeeze(-1).sum(-1)
+
+    def _answer_target(self, device: torch.device) -> torch.Tensor:
+        """The answer's token ids on ``device``, copied once (not a host-to-device copy per step)."""
+        cached = getattr(self, "_answer_ids_tensor", None)
+        if cached is None or cached.device != device:
+            cached = self._answer_ids_tensor = torch.tensor(self.answer_ids, device=device)
+        return cached
 
     def answer_logits(self, frames: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
         """Float32 logits (Q, len(answer_ids), vocab) at the answer positions, teacher-forced.
@@ -278,21 +333,50 @@ class QwenVLTeacher:
         questions = list(questions)
         if not questions:
             raise ValueError("no questions given")
+        self._arm_checkpointing()
+        if not self.batch_questions:
+            return self._head(torch.cat([self._answer_hidden_naive(frames, q) for q in questions]))
         pixel_values, grid = self.pixel_values(frames)
-        num_frames = int(frames.shape[0])
-        batch = self.build_inputs(questions, grid, num_frames)
-        ids, mask, mm = batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"]
+        prep = self._prepared(questions, frames.shape, grid)
+        ids, mask = prep["input_ids"], prep["attention_mask"]
         n_q = len(questions)
 
         embeds, deepstack = self._video_features(pixel_values, grid)
         inner = self.model.model
         text_embeds = inner.get_input_embeddings()(ids)
+        if embeds.shape[0] != prep["video_tokens"]:
+            raise RuntimeError(f"video placeholders ({prep['video_tokens']} per question) do not match "
+                               f"{embeds.shape[0]} video features")
+        # the placeholders of every row, filled with the shared features (precomputed indices:
+        # no boolean-mask indexing, which would synchronise with the device)
+        inputs_embeds = text_embeds.index_put(prep["video_index"], embeds.to(text_embeds.dtype).repeat(n_q, 1))
+
+        lm_kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": mask,
+                                     "position_ids": prep["position_ids"], "use_cache": False}
+        if deepstack is not None:
+            lm_kwargs["visual_pos_masks"] = prep["video_mask"]
+            lm_kwargs["deepstack_visual_embeds"] = [d.to(text_embeds.dtype).repeat(n_q, 1) for d in deepstack]
+        hidden = inner.language_model(**lm_kwargs).last_hidden_state
+
+        n_ans = len(self.answer_ids)
+        # left padding: the answer occupies the last n_ans positions; position j predicts token j + 1
+        return self._head(hidden[:, -n_ans - 1:-1, :])
+
+    def _prepared(self, questions: list[str], frames_shape: Sequence[int], grid: torch.Tensor) -> dict[str, Any]:
+        """Token ids, mask, rotary positions and placeholder indices for these questions
+        and this frame size, built on the first call and reused (kept on the device)."""
+        key = (tuple(questions), tuple(int(s) for s in frames_shape), self.spec, str(self.device), self.fps)
+        prep = self._prepared_cache.get(key)
+        if prep is not None:
+            return prep
+        num_frames = int(frames_shape[0])
+        batch = self.build_inputs(questions, grid, num_frames)
+        ids, mask, mm = batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"]
+        n_q = len(questions)
         video_mask = ids == self.video_token_id
-        if int(video_mask.sum()) != n_q * embeds.shape[0]:
-            raise RuntimeError(f"video placeholders ({int(video_mask.sum())}) do not match "
-                               f"{n_q} x {embeds.shape[0]} video features")
-        inputs_embeds = text_embeds.masked_scatter(video_mask[..., None],
-                                                   embeds.to(text_embeds.dtype).repeat(n_q, 1))
+        per_row = video_mask.sum(dim=1)
+        if int(per_row.min()) != int(per_row.max()):
+            raise RuntimeError("questions got different numbers of video placeholders")
         grids = grid.repeat(n_q, 1)
         rope_kwargs: dict[str, Any] = {"input_ids": ids, "mm_token_type_ids": mm, "video_grid_thw": grids,
                                        "attention_mask": mask}
@@ -300,18 +384,30 @@ class QwenVLTeacher:
             rope_kwargs["second_per_grid_ts"] = torch.full((n_q,), self.second_per_grid(), device=ids.device)
         if not self._rope_takes_mm_types:  # transformers before mm_token_type_ids finds the pads itself
             rope_kwargs.pop("mm_token_type_ids")
-        position_ids, _ = inner.get_rope_index(**rope_kwargs)
+        with torch.no_grad():
+            position_ids, _ = self.model.model.get_rope_index(**rope_kwargs)
+        prep = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids, "video_mask": video_mask,
+                "video_index": tuple(video_mask.nonzero(as_tuple=True)), "video_tokens": int(per_row[0])}
+        if len(self._prepared_cache) >= 16:  # a few (questions, size) pairs per instance; keep it bounded
+            self._prepared_cache.clear()
+        self._prepared_cache[key] = prep
+        return prep
 
-        lm_kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": mask,
-                                     "position_ids": position_ids, "use_cache": False}
-        if deepstack is not None:
-            lm_kwargs["visual_pos_masks"] = video_mask
-            lm_kwargs["deepstack_visual_embeds"] = [d.to(text_embeds.dtype).repeat(n_q, 1) for d in deepstack]
-        hidden = inner.language_model(**lm_kwargs).last_hidden_state
-
+    def _answer_hidden_naive(self, frames: torch.Tensor, question: str) -> torch.Tensor:
+        """``batch_questions = False``: the model's own forward for ONE question with
+        ``pixel_values_videos`` (vision tower inside); hidden states at the answer positions."""
+        pixel_values, grid = self.pixel_values(frames)
+        batch = self.build_inputs([question], grid, int(frames.shape[0]))
+        kwargs: dict[str, Any] = dict(batch, pixel_values_videos=pixel_values.to(self.dtype), video_grid_thw=grid,
+                                      use_cache=False)
+        if self.arch == "qwen2_5_vl":
+            kwargs["second_per_grid_ts"] = torch.full((1,), self.second_per_grid(), device=self.device)
+        hidden = self.model.model(**kwargs).last_hidden_state
         n_ans = len(self.answer_ids)
-        # left padding: the answer occupies the last n_ans positions; position j predicts token j + 1
-        h = hidden[:, -n_ans - 1:-1, :]
+        return hidden[:, -n_ans - 1:-1, :]
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head in float32 on the answer positions only (bf16 model, fp32 logits)."""
         weight = self.model.lm_head.weight
         return torch.nn.functional.linear(h.float(), weight.float(),
                                           None if self.model.lm_head.bias is None else self.model.lm_head.bias.float())

@@ -1,0 +1,329 @@
+"""Analytic FLOP counts of the test-time step and of a frozen generation (for MFU).
+
+Conventions (the usual ones for model FLOP utilisation):
+
+- one multiply-add = 2 FLOPs; only matrix products count (linear layers,
+  convolutions, the two products of attention); norms, activations and
+  element-wise work are left out;
+- ``Flops`` splits a forward pass into ``grad`` (products on the path from the
+  LoRA or the frames to the loss, which need input gradients in backward),
+  ``const`` (products whose inputs carry no gradient: the text embedder, the
+  cross-attention keys/values of the text, the per-token time embedding, the
+  patch embedding of the fixed noise) and ``attention`` (QK^T and PV);
+- backward with FROZEN base weights computes input gradients only: the same
+  FLOPs as the forward product for every linear/conv on the gradient path, and
+  two times the forward for the attention products (dQ, dK, dV, dP); the LoRA
+  adds its weight gradients (= its forward FLOPs). Recomputation by gradient
+  checkpointing is NOT counted (model FLOPs, not hardware FLOPs);
+- causal attention in the teacher's language model counts half of the square
+  (``causal_half``; torch's FlopCounterMode counts the whole square, so the tests
+  compare with ``causal_half=False``).
+
+The VAE decoder is counted exactly by running it on the ``meta`` device under
+``torch.utils.flop_counter.FlopCounterMode`` (shapes only, no memory, no compute);
+its backward is its forward again (input gradients of the convolutions).
+The Wan transformer and the Qwen-VL formulas are checked against FlopCounterMode
+on small real models in tests/test_presets_flops.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Flops:
+    """Forward FLOPs of one pass, split by what backward must do with them."""
+
+    grad: float = 0.0       # products on the gradient path (input grads in backward)
+    attention: float = 0.0  # attention products on the gradient path (2x in backward)
+    const: float = 0.0      # products with no gradient path (forward only)
+    lora: float = 0.0       # LoRA products (forward; their weight grads cost the same again)
+
+    def __add__(self, other: "Flops") -> "Flops":
+        return Flops(self.grad + other.grad, self.attention + other.attention,
+                     self.const + other.const, self.lora + other.lora)
+
+    def __mul__(self, k: float) -> "Flops":
+        return Flops(self.grad * k, self.attention * k, self.const * k, self.lora * k)
+
+    __rmul__ = __mul__
+
+    @property
+    def forward(self) -> float:
+        return self.grad + self.attention + self.const + self.lora
+
+    @property
+    def backward(self) -> float:
+        """Input gradients through frozen weights + the LoRA's weight gradients."""
+        return self.grad + 2.0 * self.attention + 2.0 * self.lora
+
+    @property
+    def forward_backward(self) -> float:
+        return self.forward + self.backward
+
+
+# ----------------------------------------------------------------------------- Wan transformer
+
+def wan_tokens(transformer_cfg: dict[str, Any], latent_shape: Sequence[int]) -> int:
+    pt, ph, pw = transformer_cfg["patch_size"]
+    _, _, t, h, w = latent_shape
+    return (t // pt) * (h // ph) * (w // pw)
+
+
+def wan_transformer(transformer_cfg: dict[str, Any], latent_shape: Sequence[int], text_len: int,
+                    lora_rank: int = 0, lora_targets: Sequence[str] = ("to_q", "to_k", "to_v", "to_out.0"),
+                    per_token_time: bool = True) -> Flops:
+    """One forward of diffusers' ``WanTransformer3DModel`` on a latent of ``latent_shape``.
+
+    Per block: self-attention q/k/v/out (8 N d^2) and its products (4 N^2 d);
+    cross-attention q/out on the video (4 N d^2), k/v on the text (4 L d^2, no
+    gradient) and its products (4 N L d); the GELU MLP (4 N d f). Outside the
+    blocks: patch embedding, per-token time embedding (Wan2.2 TI2V gives each
+    token its own timestep), text embedder, output projection. LoRA of rank r on
+    a linear (in, out) over n tokens: 2 n r (in + out); ``lora_targets`` are
+    suffixes matched in both attentions as peft does."""
+    c = transformer_cfg
+    d = c["num_attention_heads"] * c["attention_head_dim"]
+    f, layers = c["ffn_dim"], c["num_layers"]
+    patch = math.prod(c["patch_size"])
+    cin, cout = c["in_channels"], c.get("out_channels") or c["in_channels"]
+    n, ln = wan_tokens(c, latent_shape), int(text_len)
+    freq, text_dim = c.get("freq_dim", 256), c["text_dim"]
+
+    const = 2.0 * n * cin * patch * d                                   # patch embedding of x_t
+    time_tokens = n if per_token_time else 1
+    const += 2.0 * time_tokens * d * (freq + d + 6 * d)                 # time embedder + time_proj
+    const += 2.0 * ln * (text_dim * d + d * d)                          # text embedder
+    grad = 2.0 * n * d * cout * patch                                   # proj_out
+    attention = 0.0
+    lora = 0.0
+    for _ in range(layers):
+        grad += 8.0 * n * d * d + 4.0 * n * d * d + 4.0 * n * d * f
+        const += 4.0 * ln * d * d
+        attention += 4.0 * n * n * d + 4.0 * n * ln * d
+        if lora_rank:
+            for target in ("to_q", "to_k", "to_v", "to_out.0"):
+                if target not in lora_targets:
+                    continue
+                lora += 2.0 * n * lora_rank * 2 * d                     # attn1 (video tokens)
+                tokens = ln if target in ("to_k", "to_v") else n        # attn2 k/v read the text
+                lora += 2.0 * tokens * lora_rank * 2 * d
+    return Flops(grad=grad, attention=attention, const=const, lora=lora)
+
+
+# ----------------------------------------------------------------------------- VAE / any module on meta
+
+def module_flops_on_meta(build, run) -> float:
+    """FLOPs counted by FlopCounterMode while ``run(module)`` executes on a module that
+    ``build()`` creates under ``torch.device('meta')`` (no memory, no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        module = build()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        run(module)
+    return float(counter.get_total_flops())
+
+
+@functools.lru_cache(maxsize=64)
+def _vae_decode_cached(cfg_items: tuple, latent_frames: int, h: int, w: int) -> float:
+    from diffusers import AutoencoderKLWan
+
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg_items}
+
+    def run(vae):
+        z = torch.zeros(1, cfg["z_dim"], latent_frames, h, w, device="meta")
+        vae.decode(z, return_dict=False)
+
+    return module_flops_on_meta(lambda: AutoencoderKLWan(**cfg), run)
+
+
+def vae_decode(vae_cfg: dict[str, Any], latent_frames: int, latent_h: int, latent_w: int) -> Flops:
+    """A decode of ``latent_frames`` latent frames by diffusers' ``AutoencoderKLWan``
+    (counted on the meta device); all of it is on the gradient path of the preview."""
+    items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in vae_cfg.items()))
+    return Flops(grad=_vae_decode_cached(items, int(latent_frames), int(latent_h), int(latent_w)))
+
+
+# ----------------------------------------------------------------------------- Qwen-VL
+
+def _qwen25_window_sizes(gh: int, gw: int, merge: int, window_size: int, patch: int) -> list[int]:
+    """Patch counts of Qwen2.5-VL's attention windows over one temporal group."""
+    side = window_size // merge // patch                   # merged units per window side
+    mh, mw = gh // merge, gw // merge
+    rows = [min(side, mh - i) for i in range(0, mh, side)]
+    cols = [min(side, mw - j) for j in range(0, mw, side)]
+    return [r * c * merge * merge for r in rows for c in cols]
+
+
+def qwen_vision(arch: str, vision_cfg: dict[str, Any], grid_thw: Sequence[int]) -> Flops:
+    """One forward of the vision tower on a video of grid (t, h, w) patches.
+
+    Patch embedding 2 P (3 tp p^2) D; per block qkv + proj 8 P D^2, MLP 4 P D F
+    (Qwen3-VL, GELU) or 6 P D F (Qwen2.5-VL, gated SiLU); attention 4 sum S^2 D over
+    its sequences (Qwen3-VL: one per temporal group; Qwen2.5-VL: windows, and whole
+    temporal groups in ``fullatt_block_indexes``); the patch merger 2 (P/m^2)((m^2 D)^2
+    + m^2 D O), and Qwen3-VL's deepstack mergers of the same size."""
+    c = vision_cfg
+    t, gh, gw = (int(v) for v in grid_thw)
+    p_total = t * gh * gw
+    dv, fv, depth = c["hidden_size"], c["intermediate_size"], c["depth"]
+    patch, tp, merge = c["patch_size"], c["temporal_patch_size"], c["spatial_merge_size"]
+    out = c["out_hidden_size"]
+    grad = 2.0 * p_total * c.get("in_channels", 3) * tp * patch * patch * dv
+    mlp = (4.0 if arch == "qwen3_vl" else 6.0) * p_total * dv * fv
+    full = float(t * (gh * gw) ** 2)
+    if arch == "qwen2_5_vl":
+        windowed = float(t * sum(s * s for s in _qwen25_window_sizes(gh, gw, merge, c["window_size"], patch)))
+        full_blocks = set(c.get("fullatt_block_indexes") or [])
+    attention = 0.0
+    for i in range(depth):
+        grad += 8.0 * p_total * dv * dv + mlp
+        seqsq = full if arch == "qwen3_vl" or i in full_blocks else windowed
+        attention += 4.0 * seqsq * dv
+    hm = dv * merge * merge
+    mergers = 1 + (len(c.get("deepstack_visual_indexes") or []) if arch == "qwen3_vl" else 0)
+    grad += mergers * 2.0 * (p_total / (merge * merge)) * (hm * hm + hm * out)
+    return Flops(grad=grad, attention=attention)
+
+
+def qwen_language(text_cfg: dict[str, Any], seq_lens: Sequence[int], answer_tokens: int,
+                  causal_half: bool = True) -> Flops:
+    """One forward of the language model over rows of ``seq_lens`` tokens (padding
+    excluded) and the LM head at the ``answer_tokens`` positions of each row.
+
+    Per layer and token: q/o 4 d (H h), k/v 4 d (K h), gated MLP 6 d f; attention
+    4 n^2 (H h) per row (half of it with ``causal_half``)."""
+    c = text_cfg
+    d, f, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    heads, kv = c["num_attention_heads"], c["num_key_value_heads"]
+    hd = c.get("head_dim") or d // heads
+    tokens = float(sum(seq_lens))
+    per_token = 4.0 * d * heads * hd + 4.0 * d * kv * hd + 6.0 * d * f
+    sq = float(sum(n * n for n in seq_lens)) * (0.5 if causal_half else 1.0)
+    grad = layers * per_token * tokens + 2.0 * len(seq_lens) * answer_tokens * d * c["vocab_size"]
+    attention = layers * 4.0 * sq * heads * hd
+    return Flops(grad=grad, attention=attention)
+
+
+# ----------------------------------------------------------------------------- the step
+
+def mfu(flops: float, seconds: float, peak_tflops: float) -> float:
+    """Model FLOP utilisation: achieved FLOP/s over the device's peak."""
+    if seconds <= 0 or peak_tflops <= 0:
+        return float("nan")
+    return flops / seconds / (peak_tflops * 1e12)
+
+
+#: dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' datasheets
+PEAK_BF16_TFLOPS = {
+    "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4,
+    "H200": 989.4, "A100": 312.0, "L40S": 362.05, "B200": 2250.0,
+}
+
+
+def device_peak_tflops(name: str) -> float | None:
+    """Peak bf16 TFLOP/s for a CUDA device name (``torch.cuda.get_device_name``), if known."""
+    upper = name.upper()
+    for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):
+        parts = key.upper().split()
+        if all(p in upper for p in parts):
+            return PEAK_BF16_TFLOPS[key]
+    return None
+
+
+def flop_counter():
+    """torch's FlopCounterMode that also counts the CPU flash-attention kernel
+    (torch registers formulas for the CUDA attention kernels only)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    mapping = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        mapping[op] = cpu_sdpa
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+# ----------------------------------------------------------------------------- one instance of the loop
+
+def _cfg_dict(cfg: Any) -> dict[str, Any]:
+    if hasattr(cfg, "to_dict"):
+        return dict(cfg.to_dict())
+    return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+def teacher_grid(teacher, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """(t, h, w) patch grid the teacher's pixel path makes of ``num_frames`` frames of this size."""
+    from .teacher.pixels import smart_resize
+
+    spec = teacher.spec
+    h, w = smart_resize(height, width, spec.factor, spec.min_pixels, spec.max_pixels)
+    return (-(-num_frames // spec.temporal_patch_size), h // spec.patch_size, w // spec.patch_size)
+
+
+def tto_flops(reasoner, teacher, latent_shape: Sequence[int], frame_indices: Sequence[int],
+              questions: Sequence[str], lora_rank: int, lora_targets: Sequence[str],
+              sampler_steps: int | None = None) -> dict[str, Any]:
+    """FLOPs of one test-time step and of one generation for a ``WanReasoner`` and a
+    ``QwenVLTeacher`` (real or random weights; only their configs are read).
+
+    Returns ``{"step": {component: Flops}, "step_total": float (forward + backward),
+    "generate_frozen": float, "generate_adapted": float, "teacher_tokens": [...]}``."""
+    tcfg = _cfg_dict(reasoner.transformer.config)
+    vcfg = _cfg_dict(reasoner.vae.config)
+    text_len = int(reasoner.defaults.max_sequence_length)
+    steps = int(sampler_steps or reasoner.defaults.steps)
+    _, _, t_lat, h_lat, w_lat = (int(v) for v in latent_shape)
+    scale_t = int(vcfg.get("scale_factor_temporal") or 4)
+    scale_s = int(vcfg.get("scale_factor_spatial") or 8)
+    needed = math.ceil(max(frame_indices) / scale_t) + 1
+    if not getattr(reasoner, "preview_needed_only", True):
+        needed = t_lat
+
+    wan_lora = wan_transformer(tcfg, latent_shape, text_len, lora_rank, lora_targets)
+    wan_plain = wan_transformer(tcfg, latent_shape, text_len)
+    decoder = getattr(reasoner, "preview_decoder", None)
+    if decoder is not None:
+        from .reasoner.surrogate import TinyWanDecoder
+
+        args = (decoder.latent_channels, decoder.patch, decoder.widths, decoder.time_upscale)
+        idx = list(frame_indices)
+        preview = Flops(grad=module_flops_on_meta(
+            lambda: TinyWanDecoder(*args),
+            lambda m: m.decode(torch.zeros(1, args[0], needed, h_lat, w_lat, device="meta"), idx)))
+    else:
+        preview = vae_decode(vcfg, needed, h_lat, w_lat)
+
+    height, width = h_lat * scale_s, w_lat * scale_s
+    k = len(frame_indices)
+    grid = teacher_grid(teacher, k, height, width)
+    grid_tensor = torch.tensor([grid], dtype=torch.long)
+    batch = teacher.build_inputs(list(questions), grid_tensor, k)
+    lens = [int(v) for v in batch["attention_mask"].sum(dim=1).tolist()]
+    mcfg = teacher.model.config
+    vision_cfg = _cfg_dict(mcfg.vision_config)
+    text_cfg = _cfg_dict(mcfg.text_config)
+    vision = qwen_vision(teacher.arch, vision_cfg, grid)
+    language = qwen_language(text_cfg, lens, len(teacher.answer_ids))
+    step = {"transformer": wan_lora, "preview_decode": preview, "teacher_vision": vision,
+            "teacher_language": language}
+    full_decode = vae_decode(vcfg, t_lat, h_lat, w_lat).forward
+    return {
+        "step": step,
+        "step_total": sum(f.forward_backward for f in step.values()),
+        "generate_frozen": steps * wan_plain.forward + full_decode,
+        "generate_adapted": steps * wan_lora.forward + full_decode,
+        "teacher_tokens": lens,
+        "teacher_grid": list(grid),
+        "preview_latent_frames": needed,
+    }
