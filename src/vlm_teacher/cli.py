@@ -143,12 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     from .cli_bench import add_bench_commands
+    from .cli_demo import add_demo_command
     from .cli_grid import add_grid_commands
     from .cli_train import add_train_commands
 
     add_grid_commands(sub)
     add_train_commands(sub)
     add_bench_commands(sub)
+    add_demo_command(sub)
     return parser
 
 
