@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-queries", type=int, default=12, help="test/ood tasks per family for query writing (default 12)")
     g.add_argument("--eval-minutes", type=float, default=4.0, help="time kept back for the evaluation (default 4)")
     g.add_argument("--no-eval", action="store_true", help="write the folder only: no eval.json, no model card")
+    g.add_argument("--eval-only", action="store_true",
+                   help="no training: evaluate the teacher already at --out (e.g. on a new reasoner's videos) and "
+                        "rewrite its eval.json (keeping the training record) and MODEL_CARD.md")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1.5e-3)
     g.add_argument("--warmup", type=int, default=60)
@@ -329,6 +333,31 @@ def class_weights(examples) -> dict[tuple[str, bool], float]:
 
 # ---------------------------------------------------------------- auxiliary perception loss
 
+#: frame-level facts of the cell probe: any unreadable cell (2), exactly one agent (2),
+#: what is under the agent (floor, wall, 4 target colours, none = 7), the same for the box (7)
+GLOBAL_CLASSES = (2, 2, 7, 7)
+_UNDER = ("floor", "wall", "red", "green", "yellow", "magenta")
+
+
+def _frame_facts(centre: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """The GLOBAL_CLASSES facts of one frame from its cell classes (palette index, last = unknown)."""
+    from ..suites.grid import PALETTE
+
+    names = list(PALETTE)
+    unknown = len(names)
+    facts = [int((centre == unknown).any() or (ring == unknown).any())]
+    for i, thing in enumerate(("agent", "box")):
+        cells = np.argwhere(centre == names.index(thing))
+        if i == 0:
+            facts.append(int(len(cells) == 1))
+        if len(cells) == 1:
+            under = names[ring[tuple(cells[0])]] if ring[tuple(cells[0])] < unknown else None
+            facts.append(_UNDER.index(under) if under in _UNDER else len(_UNDER))
+        else:
+            facts.append(len(_UNDER))
+    return np.array(facts)
+
+
 class CellProbe(torch.nn.Module):
     """Training-only auxiliary loss (never shipped): a linear head on the vision tokens the
     language model receives predicts what the pixel verifier reads in each of the cells they
@@ -352,6 +381,12 @@ class CellProbe(torch.nn.Module):
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=gen) * 0.02)
             self.head.bias.zero_()
         self.merge, self.tp = merge, teacher.spec.temporal_patch_size
+        # frame-level facts predicted from EVERY token of the frame pair, so that any token (and
+        # so the language model's first, near-uniform attention) carries them
+        self.global_head = torch.nn.Linear(hidden, self.tp * sum(GLOBAL_CLASSES))
+        with torch.no_grad():
+            self.global_head.weight.copy_(torch.randn(self.global_head.weight.shape, generator=gen) * 0.02)
+            self.global_head.bias.zero_()
         self.captured: torch.Tensor | None = None
         teacher.model.model.visual.merger.register_forward_hook(self._hook)
 
@@ -368,10 +403,15 @@ class CellProbe(torch.nn.Module):
         centre = np.where(cells["centre_dist"] > MAX_DISTANCE, unknown, cells["centre_idx"])
         ring = np.where(cells["ring_dist"] > MAX_DISTANCE, unknown, cells["ring_idx"])
         arr = np.stack([centre, ring], axis=-1)  # T, n, n, 2
+        glob = np.stack([_frame_facts(centre[f], ring[f]) for f in range(t)])  # T, len(GLOBAL_CLASSES)
         if t % self.tp:
             arr = np.concatenate([arr, np.repeat(arr[-1:], self.tp - t % self.tp, axis=0)])
+            glob = np.concatenate([glob, np.repeat(glob[-1:], self.tp - t % self.tp, axis=0)])
         m, tp = self.merge, self.tp
         arr = arr.reshape(-1, tp, n // m, m, n // m, m, 2).transpose(0, 2, 4, 1, 3, 5, 6)
+        per_group = glob.reshape(-1, tp * len(GLOBAL_CLASSES))  # groups, tp * facts
+        tokens_per_group = (n // m) ** 2
+        self._global_targets = torch.from_numpy(np.repeat(per_group, tokens_per_group, axis=0)).long()
         return torch.from_numpy(np.ascontiguousarray(arr).reshape(-1, self.per_token)).long()
 
     def loss(self, video: np.ndarray) -> torch.Tensor:
@@ -381,7 +421,15 @@ class CellProbe(torch.nn.Module):
         if feats is None or feats.shape[0] != target.shape[0]:
             raise RuntimeError("the cell probe saw no vision pass for this video (or the frame size is not 16n)")
         logits = self.head(feats.float()).view(-1, self.classes)
-        return torch.nn.functional.cross_entropy(logits, target.view(-1))
+        loss = torch.nn.functional.cross_entropy(logits, target.view(-1))
+        glob = self.global_head(feats.float()).view(feats.shape[0], self.tp, -1)
+        gt = self._global_targets.view(feats.shape[0], self.tp, -1)
+        start = 0
+        for i, k in enumerate(GLOBAL_CLASSES):
+            loss = loss + torch.nn.functional.cross_entropy(glob[..., start:start + k].reshape(-1, k),
+                                                            gt[..., i].reshape(-1)) / len(GLOBAL_CLASSES)
+            start += k
+        return loss
 
 
 # ---------------------------------------------------------------- the run
@@ -413,6 +461,23 @@ class Stream:
         return videos, queries
 
 
+def _eval_only(out: Path, eval_samples, reasoner_dir, args) -> int:
+    from . import teacher_eval
+
+    old = json.loads((out / EVAL_NAME).read_text()) if (out / EVAL_NAME).is_file() else {}
+    figures = teacher_eval.evaluate(out, eval_samples, args)
+    figures["training"] = dict(old.get("training") or {"steps": None, "train_seconds": None, "wall_seconds": None,
+                                                        "reasoner_train_videos": 0, "reasoner": None,
+                                                        "weights_mb": None})
+    figures["training"]["reasoner_eval_videos"] = len(eval_samples)
+    figures["training"]["eval_reasoner"] = str(reasoner_dir) if reasoner_dir else None
+    figures["training"]["eval_command"] = "vlm-teacher " + " ".join(sys.argv[1:]) if sys.argv else None
+    write_json(out / EVAL_NAME, figures)
+    teacher_eval.write_model_card(out, figures, args)
+    print(f"evaluated {out}; figures in {out / EVAL_NAME}")
+    return 0
+
+
 def run(args) -> int:
     from tqdm.auto import tqdm
 
@@ -433,7 +498,7 @@ def run(args) -> int:
     resuming = args.resume and state_path.is_file() and (work / "ckpt" / "config.json").is_file()
     if args.resume and not resuming:
         print(f"no checkpoint in {work}; starting from scratch")
-    if not resuming:
+    if not resuming and not args.eval_only:
         for name in ("ckpt", "init", "state.json", "optimizer.safetensors", "probe.safetensors", LOG_NAME):
             path = work / name
             if path.is_dir():
@@ -443,7 +508,10 @@ def run(args) -> int:
 
     # the initial (random) model: its tokenizer and preprocessor files are kept for every save
     init = work / "init"
-    if not (init / "config.json").is_file():
+    if args.eval_only:
+        if not (out / "config.json").is_file():
+            raise UserError(f"--eval-only needs a trained teacher at --out {out}")
+    elif not (init / "config.json").is_file():
         if args.init_from is not None:
             if not (args.init_from / "config.json").is_file():
                 raise UserError(f"--init-from {args.init_from} is not a transformers model folder (no config.json)")
@@ -468,8 +536,10 @@ def run(args) -> int:
     eval_samples = reasoner_samples(reasoner, eval_jobs, cache, deadline=t0 + r_minutes * 60 * 0.4,
                                     desc="reasoner videos (eval)") if reasoner_dir else []
     train_samples = reasoner_samples(reasoner, train_jobs, cache, deadline=t0 + r_minutes * 60,
-                                     desc="reasoner videos (train)") if reasoner_dir else []
+                                     desc="reasoner videos (train)") if reasoner_dir and not args.eval_only else []
     del reasoner
+    if args.eval_only:
+        return _eval_only(out, eval_samples, reasoner_dir, args)
     reasoner_examples = [ex for s in train_samples for ex in s.examples()]
     if reasoner_dir:
         print(f"reasoner videos: {len(train_samples)} for training, {len(eval_samples)} for evaluation")
@@ -574,6 +644,8 @@ def run(args) -> int:
     figures["training"] = {
         "steps": step, "threads": args.threads, "train_seconds": round(float(state["train_seconds"]), 1),
         "reasoner": str(reasoner_dir) if reasoner_dir else None,
+        "command": "vlm-teacher " + " ".join(sys.argv[1:]) if sys.argv and "vlm-teacher" in sys.argv[0] else None,
+        "init_from": str(args.init_from) if args.init_from else None,
         "reasoner_train_videos": len(train_samples), "reasoner_eval_videos": len(eval_samples),
         "train_tasks_per_family": args.train_tasks, "seed": args.seed,
         "wall_seconds": round(time.monotonic() - t0, 1),

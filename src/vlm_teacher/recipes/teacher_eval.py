@@ -170,8 +170,9 @@ def write_model_card(folder: Path, figures: dict[str, Any], args) -> Path:
     from ..suites.grid.questions import PROCESS_TYPES, goal_question, process_question
 
     tr = figures["training"]
-    cmd = (f"vlm-teacher train teacher --out {args.out} --minutes {args.minutes:g} --seed {args.seed}"
-           + (f" --reasoner {tr['reasoner']}" if tr["reasoner"] else " --no-reasoner"))
+    cmd = tr.get("command") or (f"vlm-teacher train teacher --out {args.out} --minutes {args.minutes:g} "
+                                f"--seed {args.seed}" + (f" --reasoner {tr['reasoner']}" if tr["reasoner"]
+                                                         else " --no-reasoner"))
     L = ["# grid-qwen: the embedded teacher", "",
          "A small Qwen3-VL (transformers `Qwen3VLForConditionalGeneration`, built from config, patch 16 = one "
          "grid cell) trained from scratch by `vlm_teacher.recipes.grid_teacher` on the built-in grid suite. "
@@ -180,10 +181,14 @@ def write_model_card(folder: Path, figures: dict[str, Any], args) -> Path:
          "grid suite.", "",
          "## How it was made", "",
          f"Command: `{cmd}` (2-core CPU machine shared with other jobs, torch {__import__('torch').__version__}).",
+         *([f"It started from the weights in `{tr['init_from']}`: " + " <- ".join(
+             f"`{c}`" for c in tr.get("lineage", [])) + "."] if tr.get("init_from") else []),
          f"Steps: {tr['steps']} ({tr['train_seconds']} s of training, {tr['wall_seconds']} s in all). "
          f"Weights: {tr['weights_mb']} MB (safetensors, float32). "
          f"Reasoner: {tr['reasoner'] or 'none'} ({tr['reasoner_train_videos']} training videos, "
-         f"{tr['reasoner_eval_videos']} held-out evaluation videos).", "",
+         f"{tr['reasoner_eval_videos']} held-out evaluation videos).",
+         *([f"The figures on reasoner videos come from `{tr['eval_command']}` (reasoner `{tr['eval_reasoner']}`)."]
+           if tr.get("eval_command") else []), "",
          "Training data: train-split tasks only; answers come only from the pixel verifier applied to the video "
          "(for a preview, to the final video made from the same noise). Videos: ground truth asked about its own "
          "and counterfactual goal colours (red, green, yellow: magenta goals stay out-of-domain), every corruption "
