@@ -537,13 +537,30 @@ def _record_invocation(cfg: BenchConfig, argv: Sequence[str] | None, executor: s
     entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": list(argv) if argv is not None else None,
              "executor": executor, "workers": workers, "suite": cfg.suite, "methods": cfg.methods,
              "seeds": cfg.seeds, "limit": cfg.limit, "tto": cfg.tto, "frames": cfg.num_frames,
-             "reasoner": str(cfg.reasoner_path()), "python": sys.version.split()[0]}
+             "reasoner": str(cfg.reasoner_path()), "machine": machine_info()}
     try:
         entry["teacher"] = str(cfg.teacher_path())
     except UserError:
         entry["teacher"] = None
     runs.append(entry)
     write_json(path, {"runs": runs})
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the figures come from: OS, CPUs, library versions, GPU, load at the start."""
+    import platform
+
+    import torch
+
+    info: dict[str, Any] = {"platform": f"{platform.system()} {platform.machine()}", "cpus": os.cpu_count(),
+                            "python": sys.version.split()[0], "torch": torch.__version__,
+                            "torch_threads": torch.get_num_threads(),
+                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        info["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
 
 
 def rejudge_missing(cfg: BenchConfig, suite, store: ResultsStore, keys: Iterable[Key]) -> int:

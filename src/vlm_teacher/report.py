@@ -418,6 +418,25 @@ def _commands_html(bench_dir: Path) -> str:
     return "<p class=small>Produced by:</p><pre>" + html.escape("\n".join(cmds)) + "</pre>"
 
 
+def bench_machines(bench_dir: Path) -> list[str]:
+    """One line per distinct machine the recorded bench runs used."""
+    from .bench import RECORD_NAME
+
+    try:
+        runs = json.loads((Path(bench_dir) / RECORD_NAME).read_text()).get("runs", [])
+    except (OSError, ValueError):
+        return []
+    lines = []
+    for r in runs:
+        m = r.get("machine") or {}
+        if not m:
+            continue
+        text = (f"{m.get('platform')}, {m.get('cpus')} CPUs, {m.get('gpu') or 'no GPU'}; python {m.get('python')}, "
+                f"torch {m.get('torch')} ({m.get('torch_threads')} threads)")
+        lines.append(text)
+    return list(dict.fromkeys(lines))
+
+
 def bench_commands(bench_dir: Path) -> list[str]:
     """The distinct command lines recorded in ``bench.json``, in order."""
     from .bench import RECORD_NAME
@@ -483,6 +502,9 @@ def markdown_report(bench_dir: str | os.PathLike, title: str | None = None) -> s
     cmds = bench_commands(bench_dir)
     if cmds:
         lines += ["Produced by:", "", "```bash", *cmds, "```", ""]
+    machines = bench_machines(bench_dir)
+    if machines:
+        lines += ["Machine: " + "; ".join(machines), ""]
     points = teacher_points(label_rows(rows))
     lines.append(markdown_tables(rows))
     if len(points) >= 2:
