@@ -224,6 +224,13 @@ def write_model_card(folder: Path, figures: dict[str, Any], args) -> Path:
           "exactly the intended questions |", "|---|---|---|---|---|"]
     L += [f"| {s} | {q['n']} | {_pct(q['parsed'])} | {_pct(q['goal_right'])} | {_pct(q['exact'])} |"
           for s, q in figures["queries"].items()]
+    acc = [r["all"]["accuracy"] for r in figures["renders"].values() if r["all"]["accuracy"] is not None]
+    if acc and max(acc) < 0.75:
+        L += ["", "## Status", "", "Not yet a useful judge: on every group of rendered videos above its overall "
+              "accuracy is below 75%, close to always answering one way. The folder loads and runs through every "
+              "code path of a real teacher (queries, differentiable P(Yes)), but its gradient carries little "
+              "information about the grid rules; retrain it (`vlm-teacher train teacher`, longer, with the "
+              "reasoner's videos) before drawing conclusions from test-time optimisation with it."]
     L += ["", "## Limits", "",
           "- Grid suite only, 6x6 (96 px) training videos; the ood split (8x8, 128 px, longer, magenta goals) "
           "measures how far that stretches.",
