@@ -31,7 +31,7 @@ import _common as C
 from vlm_teacher.optimize import TTOConfig, teach
 
 COLUMNS = [("models", "models"), ("size", "size"), ("frames", "F"), ("k", "K"), ("questions", "Q"),
-           ("steps", "steps"), ("step_s", "step s (median)"), ("first_step_s", "first step s"),
+           ("steps", "steps"), ("step_s", "step s (median)"), ("step_cpu_s", "step CPU s"), ("first_step_s", "first step s"),
            ("queries_s", "queries s"), ("final_gen_s", "final gen s"), ("instance_s", "instance s"),
            ("frozen_gen_s", "frozen gen s"), ("ratio", "instance / frozen"), ("rss_before_mib", "RSS before MiB"),
            ("peak_rss_mib", "peak RSS MiB")]
@@ -62,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="CPU benchmark of the grid defaults (no time is asserted)")
     p.add_argument("--steps", type=int, default=16, help="fixed optimisation steps (paper average: 16)")
     p.add_argument("--random", action="store_true", help="use tiny random models even if embedded ones exist")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: steady on a shared CPU, where more threads spin and stall)")
     p.add_argument("--out", default="cpu_step")
     a = p.parse_args(argv)
-    command = "python benchmarks/cpu_step.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None
-                                                                                     else sys.argv[1:]))
+    command = ("python benchmarks/cpu_step.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None
+                                                                                     else sys.argv[1:]))).strip()
     if a.threads:
         torch.set_num_threads(a.threads)
     from vlm_teacher.suites.grid import grid_tasks
@@ -87,12 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     frozen = time.perf_counter() - t0
 
     rss_before = C.rss_peak_mib()
-    res = teach(reasoner, teacher, task, cfg, seed=0, num_frames=grid.num_frames, progress=False)
+    marks: list[float] = []  # process CPU time whenever a step's record completes
+    res = teach(reasoner, teacher, task, cfg, seed=0, num_frames=grid.num_frames, progress=False,
+                on_step=lambda e: marks.append(time.process_time()))
     secs = [e["seconds"] for e in res.history]
+    cpu = [b - c for c, b in zip(marks, marks[1:])]
+    cpu = cpu[:-1] if not cfg.sync_grad_norm else cpu  # lazily the last window holds only the last backward
     row: dict[str, Any] = {
         "models": which, "size": f"{cond.width}x{cond.height}", "frames": cond.num_frames,
         "k": cfg.num_frames_shown, "questions": len(res.queries.all), "steps": res.steps,
         "step_s": C.median(secs[1:]) if len(secs) > 1 else secs[0], "first_step_s": secs[0],
+        "step_cpu_s": C.median(cpu) if cpu else None,
         "queries_s": res.seconds["queries"], "final_gen_s": res.seconds["generate"],
         "instance_s": res.seconds["total"], "frozen_gen_s": frozen,
         "ratio": res.seconds["total"] / frozen, "rss_before_mib": rss_before, "peak_rss_mib": C.peak_mib(device),
@@ -104,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         f"One grid maze task ({grid.id}), TTOConfig defaults with fixed_steps={a.steps}; instance = queries "
         "written by the teacher + the steps + the final generation; frozen gen = the same sampler and decode "
         "without a LoRA (second of two runs).",
-        "step s = median of steps 2..N (step 1 apart); peak RSS = the process's resident-set high-water mark "
+        f"step s = median wall time of steps 2..N (step 1 apart); step CPU s = median process CPU time per "
+        f"step ({a.threads} thread(s): the compute, without the waiting for a shared CPU); peak RSS = the process's resident-set high-water mark "
         "(imports and model building included); RSS before = the same mark just before the instance.",
+        "Models: " + ("the embedded default (src/vlm_teacher/embedded)." if which == "embedded" else
+                      "tiny random Wan (1 layer, VAE base 16) and Qwen3-VL (2 layers, hidden 64) from "
+                      "vlm_teacher.testing (the embedded reasoner and teacher were not both present)."),
         f"Machine load average while running: {tuple(round(x, 2) for x in load) if load else 'n/a'} "
         "(shared CPU: times vary with other work).",
         f"Whole benchmark: {time.perf_counter() - t_start:.0f} s.",

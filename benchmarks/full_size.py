@@ -101,6 +101,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the Wan transformer blocks")
     p.add_argument("--no-batch-questions", action="store_true",
                    help="naive teacher: one full VLM forward per question")
+    p.add_argument("--no-share-prefix", action="store_true",
+                   help="teacher: one padded row per question instead of the shared video prefix")
     p.add_argument("--sync-grad-norm", action="store_true", help="read the grad norm on the host each step")
     p.add_argument("--teacher-max-pixels", type=int, help="per-frame pixel budget of the teacher")
     p.add_argument("--gen-repeats", type=int, default=2, help="frozen generations timed (best is kept)")
@@ -108,6 +110,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, help="device peak bf16 TFLOP/s for MFU (default: by name)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="results name under benchmarks/results (default: full_size[_tiny])")
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows of other teachers/sizes already in the results file (split runs)")
     a = p.parse_args(argv)
     preset = PRESETS[a.preset]
     for key in ("teachers", "sizes", "frames", "k", "steps"):
@@ -130,6 +134,7 @@ def switches(a: argparse.Namespace) -> dict[str, Any]:
             "vae_checkpointing": not a.no_vae_ckpt and a.preview == "vae",
             "preview": a.preview, "surrogate_weights": a.surrogate or ("random" if a.preview == "surrogate" else None),
             "preview_needed_only": True, "compile": a.compile, "batch_questions": not a.no_batch_questions,
+            "share_prefix": not a.no_share_prefix,
             "sync_grad_norm": a.sync_grad_norm, "dtype": str(a.dtype), "vae_dtype": str(a.vae_dtype),
             "logits": "float32", "teacher_max_pixels": a.teacher_max_pixels}
 
@@ -276,8 +281,8 @@ def run_case(reasoner, teacher, teacher_name: str, size: tuple[int, int], a: arg
 
 def main(argv: list[str] | None = None) -> int:
     a = arguments(argv)
-    command = "python benchmarks/full_size.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None
-                                                                                      else sys.argv[1:]))
+    command = ("python benchmarks/full_size.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None
+                                                                                      else sys.argv[1:]))).strip()
     device = a.device
     info = C.machine()
     peak = a.peak_tflops or (F.device_peak_tflops(info.get("gpu", "")) if device.type == "cuda" else None)
@@ -294,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher = build_qwen_teacher(name, device, a.dtype, seed=a.seed, max_pixels=a.teacher_max_pixels)
         teacher.grad_checkpointing = not a.no_teacher_ckpt
         teacher.batch_questions = not a.no_batch_questions
+        teacher.share_prefix = not a.no_share_prefix
         print(f"teacher {name} built in {time.perf_counter() - t_build:.1f}s", flush=True)
         for size in a.sizes:
             try:
@@ -319,6 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
+    if a.append:
+        import json
+
+        old = C.RESULTS / f"{a.out}.json"
+        if old.is_file():
+            new_keys = {(r["teacher"], r["size"], r.get("preview")) for r in rows}
+            kept = [r for r in json.loads(old.read_text())["rows"]
+                    if (r.get("teacher"), r.get("size"), r.get("preview")) not in new_keys]
+            rows = kept + rows
     table = C.markdown_table(rows, COLUMNS)
     notes = [
         f"S = {a.steps} optimisation steps per instance; step s = median of steps 2..S of the real loop "

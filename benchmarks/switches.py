@@ -45,6 +45,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
                   {"surrogate": False}, {"surrogate": True}),
     "batch_questions": ("vision once + questions batched vs one VLM forward per question "
                         "(QwenVLTeacher.batch_questions)", {"batch_questions": False}, {"batch_questions": True}),
+    "share_prefix": ("questions share the video prefix in one LM sequence vs one padded row per question "
+                     "(QwenVLTeacher.share_prefix)", {"share_prefix": False}, {"share_prefix": True}),
     "bf16": ("bfloat16 models, float32 logits and LoRA (dtype) vs float32", {"dtype": "float32"},
              {"dtype": "bfloat16"}),
     "compile": ("torch.compile of the Wan transformer blocks (WanReasoner.compile)", {"compile": False},
@@ -53,7 +55,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
                        {"sync_grad_norm": True}, {"sync_grad_norm": False}),
 }
 DEFAULTS = {"transformer_ckpt": False, "teacher_ckpt": False, "vae_ckpt": False, "needed_only": True,
-            "surrogate": False, "batch_questions": True, "dtype": "float32", "compile": False,
+            "surrogate": False, "batch_questions": True, "share_prefix": True, "dtype": "float32", "compile": False,
             "sync_grad_norm": False}
 SIZE, FRAMES, K = 192, 13, 8
 COLUMNS = [("switch", "switch"), ("setting", "setting"), ("step_cpu_s", "step CPU s"),
@@ -85,6 +87,7 @@ def run_variant(settings: dict[str, Any], steps: int, threads: int) -> dict[str,
         reasoner.compile = True
     teacher.grad_checkpointing = s["teacher_ckpt"]
     teacher.batch_questions = s["batch_questions"]
+    teacher.share_prefix = s["share_prefix"]
 
     rng = np.random.default_rng(0)
     first = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
@@ -119,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         print("RESULT " + json.dumps(run_variant(json.loads(a.child), a.steps, a.threads)), flush=True)
         return 0
-    command = "python benchmarks/switches.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None
-                                                                                     else sys.argv[1:]))
+    command = ("python benchmarks/switches.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None
+                                                                                     else sys.argv[1:]))).strip()
     names = [n for n in (a.only.split(",") if a.only else VARIANTS) if n]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

@@ -105,20 +105,50 @@ def test_wan_and_vae_flops_equal_torch_flop_counter(wan):
                                                       rel=1e-9)
 
 
-def test_teacher_flops_equal_torch_flop_counter(teacher):
+@pytest.mark.parametrize("shared", [False, True])
+def test_teacher_flops_equal_torch_flop_counter(teacher, shared):
+    from vlm_teacher.teacher.qwen import shared_prefix_length
+
     frames = _frames(6, 128, 224)
     _, grid = teacher.pixel_values(frames)
     assert tuple(grid[0].tolist()) == F.teacher_grid(teacher, 6, 128, 224)
     batch = teacher.build_inputs(QUESTIONS, grid, 6)
-    counter = F.flop_counter()
-    with counter, torch.no_grad():
-        teacher.answer_logprob(frames, QUESTIONS)
+    teacher.share_prefix = shared
+    try:
+        counter = F.flop_counter()
+        with counter, torch.no_grad():
+            teacher.answer_logprob(frames, QUESTIONS)
+    finally:
+        teacher.share_prefix = True
     cfg = teacher.model.config
     vision = F.qwen_vision(teacher.arch, cfg.vision_config.to_dict(), grid[0].tolist())
-    # the batch is left-padded to one length and attention runs over the whole square
-    lm = F.qwen_language(cfg.text_config.to_dict(), [batch["input_ids"].shape[1]] * len(QUESTIONS),
-                         len(teacher.answer_ids), causal_half=False)
+    n_ans = len(teacher.answer_ids)
+    rows = F.teacher_rows(teacher, QUESTIONS, grid[0].tolist(), 6)
+    assert [len(r) for r in rows] == batch["attention_mask"].sum(dim=1).tolist()
+    # an explicit mask makes the kernel compute the whole square: count it that way here
+    if shared:
+        prefix = shared_prefix_length(rows, n_ans)
+        assert prefix > 0.5 * min(len(r) for r in rows)  # the video is in the shared prefix
+        lm = F.qwen_language_shared(cfg.text_config.to_dict(), prefix, [len(r) - prefix for r in rows], n_ans,
+                                    causal_half=False)
+    else:  # left-padded rows of one length
+        lm = F.qwen_language(cfg.text_config.to_dict(), [batch["input_ids"].shape[1]] * len(QUESTIONS), n_ans,
+                             causal_half=False)
     assert counter.get_total_flops() == pytest.approx((vision + lm).forward, rel=1e-9)
+
+
+def test_shared_prefix_gives_the_same_answers_and_gradients(teacher):
+    frames = _frames()
+    shared, grad_s = _logp_and_grad(teacher, frames)
+    teacher.share_prefix = False
+    try:
+        rows, grad_r = _logp_and_grad(teacher, frames)
+    finally:
+        teacher.share_prefix = True
+    assert torch.allclose(shared, rows, atol=1e-5)
+    assert torch.allclose(grad_s, grad_r, atol=1e-6, rtol=1e-4)
+    (key, prep), = [(k, v) for k, v in teacher._prepared_cache.items() if k[0] == tuple(QUESTIONS) and k[-1]][:1]
+    assert prep["input_ids"].shape[0] == 1 and prep["answer_index"].shape == (len(QUESTIONS), len(teacher.answer_ids))
 
 
 def test_full_size_transformer_flops_match_a_meta_device_count():

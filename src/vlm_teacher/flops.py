@@ -194,6 +194,26 @@ def qwen_vision(arch: str, vision_cfg: dict[str, Any], grid_thw: Sequence[int]) 
     return Flops(grad=grad, attention=attention)
 
 
+def qwen_language_shared(text_cfg: dict[str, Any], prefix: int, suffixes: Sequence[int], answer_tokens: int,
+                         causal_half: bool = True) -> Flops:
+    """The language model over ONE sequence: a prefix shared by all questions, then each
+    question's suffix attending to the prefix and itself (``QwenVLTeacher.share_prefix``).
+    Linear layers see prefix + sum(suffixes) tokens; the attention products cover the
+    visible pairs (prefix^2 / 2 + sum s (prefix + s / 2) with ``causal_half``; the whole
+    square of the packed sequence without it, as an unmasked kernel computes it)."""
+    total = prefix + sum(suffixes)
+    if not causal_half:
+        return qwen_language(text_cfg, [total], answer_tokens, causal_half=False) + Flops(
+            grad=2.0 * (len(suffixes) - 1) * answer_tokens * text_cfg["hidden_size"] * text_cfg["vocab_size"])
+    base = qwen_language(text_cfg, [total], 0, causal_half=False)
+    c = text_cfg
+    heads = c["num_attention_heads"]
+    hd = c.get("head_dim") or c["hidden_size"] // heads
+    pairs = prefix * prefix / 2.0 + sum(s * (prefix + s / 2.0) for s in suffixes)
+    head = 2.0 * len(suffixes) * answer_tokens * c["hidden_size"] * c["vocab_size"]
+    return Flops(grad=base.grad + head, attention=c["num_hidden_layers"] * 4.0 * pairs * heads * hd)
+
+
 def qwen_language(text_cfg: dict[str, Any], seq_lens: Sequence[int], answer_tokens: int,
                   causal_half: bool = True) -> Flops:
     """One forward of the language model over rows of ``seq_lens`` tokens (padding
@@ -271,6 +291,18 @@ def teacher_grid(teacher, num_frames: int, height: int, width: int) -> tuple[int
     return (-(-num_frames // spec.temporal_patch_size), h // spec.patch_size, w // spec.patch_size)
 
 
+def teacher_rows(teacher, questions: Sequence[str], grid: Sequence[int], num_frames: int) -> list[list[int]]:
+    """Token ids of each question's row (prompt with the video placeholders + the answer),
+    built on the host (works for a model on any device, ``meta`` included)."""
+    grid_tensor = torch.tensor([list(grid)], dtype=torch.long)
+    return [teacher._encode(teacher.question_text(q, grid_tensor, num_frames)) + list(teacher.answer_ids)
+            for q in questions]
+
+
+def teacher_lengths(teacher, questions: Sequence[str], grid: Sequence[int], num_frames: int) -> list[int]:
+    return [len(r) for r in teacher_rows(teacher, questions, grid, num_frames)]
+
+
 def tto_flops(reasoner, teacher, latent_shape: Sequence[int], frame_indices: Sequence[int],
               questions: Sequence[str], lora_rank: int, lora_targets: Sequence[str],
               sampler_steps: int | None = None) -> dict[str, Any]:
@@ -307,14 +339,22 @@ def tto_flops(reasoner, teacher, latent_shape: Sequence[int], frame_indices: Seq
     height, width = h_lat * scale_s, w_lat * scale_s
     k = len(frame_indices)
     grid = teacher_grid(teacher, k, height, width)
-    grid_tensor = torch.tensor([grid], dtype=torch.long)
-    batch = teacher.build_inputs(list(questions), grid_tensor, k)
-    lens = [int(v) for v in batch["attention_mask"].sum(dim=1).tolist()]
+    rows = teacher_rows(teacher, questions, grid, k)
+    lens = [len(r) for r in rows]
     mcfg = teacher.model.config
     vision_cfg = _cfg_dict(mcfg.vision_config)
     text_cfg = _cfg_dict(mcfg.text_config)
     vision = qwen_vision(teacher.arch, vision_cfg, grid)
-    language = qwen_language(text_cfg, lens, len(teacher.answer_ids))
+    if not getattr(teacher, "batch_questions", True):  # the naive path runs the vision tower per question
+        vision = vision * len(rows)
+    n_ans = len(teacher.answer_ids)
+    if getattr(teacher, "share_prefix", False) and len(rows) > 1 and getattr(teacher, "batch_questions", True):
+        from .teacher.qwen import shared_prefix_length
+
+        prefix = shared_prefix_length(rows, n_ans)
+        language = qwen_language_shared(text_cfg, prefix, [n - prefix for n in lens], n_ans)
+    else:
+        language = qwen_language(text_cfg, lens, n_ans)
     step = {"transformer": wan_lora, "preview_decode": preview, "teacher_vision": vision,
             "teacher_language": language}
     full_decode = vae_decode(vcfg, t_lat, h_lat, w_lat).forward

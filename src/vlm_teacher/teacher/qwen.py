@@ -69,6 +69,17 @@ def _has_safetensors(folder: Path) -> bool:
     return any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
 
 
+def shared_prefix_length(rows: Sequence[Sequence[int]], answer_tokens: int) -> int:
+    """Tokens all rows share at their start, leaving each row at least its answer and the
+    position that predicts it (``share_prefix``; also used by the FLOP count)."""
+    common = 0
+    for column in zip(*rows):
+        if any(c != column[0] for c in column):
+            break
+        common += 1
+    return max(0, min(common, min(len(r) for r in rows) - answer_tokens - 1))
+
+
 class QwenVLTeacher:
     """A frozen Qwen-VL that writes yes/no questions and answers them differentiably.
 
@@ -81,7 +92,14 @@ class QwenVLTeacher:
       vision block in backward instead of keeping their activations;
     - ``batch_questions`` (on): one vision-tower pass shared by all questions and one
       batched language-model forward; off runs the model's own forward once per
-      question (the vision tower again each time), the naive reference.
+      question (the vision tower again each time), the naive reference;
+    - ``share_prefix`` (on): the questions share everything before their text (the
+      chat header and the video, nearly all the tokens), so the language model runs
+      ONE sequence: the shared prefix once, then every question's suffix, each suffix
+      attending to the prefix and to itself only (a block mask; positions continue
+      the prefix's as in the separate rows). The same log-probabilities as one row per
+      question, for about 1/Q of the language model's cost; off: one padded row per
+      question.
 
     The token ids, rotary positions and placeholder indices of a (questions, frame
     size) pair are built once and kept on the device (``_prepared``): later steps do
@@ -112,6 +130,7 @@ class QwenVLTeacher:
         rope_params = inspect.signature(model.model.get_rope_index).parameters
         self._rope_takes_mm_types = "mm_token_type_ids" in rope_params
         self.batch_questions = True
+        self.share_prefix = True
         self._grad_ckpt = False
         self._prepared_cache: dict[tuple, dict[str, Any]] = {}
 
@@ -338,8 +357,8 @@ class QwenVLTeacher:
             return self._head(torch.cat([self._answer_hidden_naive(frames, q) for q in questions]))
         pixel_values, grid = self.pixel_values(frames)
         prep = self._prepared(questions, frames.shape, grid)
-        ids, mask = prep["input_ids"], prep["attention_mask"]
-        n_q = len(questions)
+        ids = prep["input_ids"]
+        copies = prep["video_copies"]  # rows holding the video: Q (one row per question) or 1 (shared)
 
         embeds, deepstack = self._video_features(pixel_values, grid)
         inner = self.model.model
@@ -347,17 +366,19 @@ class QwenVLTeacher:
         if embeds.shape[0] != prep["video_tokens"]:
             raise RuntimeError(f"video placeholders ({prep['video_tokens']} per question) do not match "
                                f"{embeds.shape[0]} video features")
-        # the placeholders of every row, filled with the shared features (precomputed indices:
-        # no boolean-mask indexing, which would synchronise with the device)
-        inputs_embeds = text_embeds.index_put(prep["video_index"], embeds.to(text_embeds.dtype).repeat(n_q, 1))
+        # the placeholders filled with the shared features (precomputed indices: no boolean-mask
+        # indexing, which would synchronise with the device)
+        inputs_embeds = text_embeds.index_put(prep["video_index"], embeds.to(text_embeds.dtype).repeat(copies, 1))
 
-        lm_kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": mask,
+        lm_kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": prep["attention_mask"],
                                      "position_ids": prep["position_ids"], "use_cache": False}
         if deepstack is not None:
             lm_kwargs["visual_pos_masks"] = prep["video_mask"]
-            lm_kwargs["deepstack_visual_embeds"] = [d.to(text_embeds.dtype).repeat(n_q, 1) for d in deepstack]
+            lm_kwargs["deepstack_visual_embeds"] = [d.to(text_embeds.dtype).repeat(copies, 1) for d in deepstack]
         hidden = inner.language_model(**lm_kwargs).last_hidden_state
 
+        if "answer_index" in prep:  # shared prefix: one sequence, each question's answer positions
+            return self._head(hidden[0, prep["answer_index"]])
         n_ans = len(self.answer_ids)
         # left padding: the answer occupies the last n_ans positions; position j predicts token j + 1
         return self._head(hidden[:, -n_ans - 1:-1, :])
@@ -365,7 +386,8 @@ class QwenVLTeacher:
     def _prepared(self, questions: list[str], frames_shape: Sequence[int], grid: torch.Tensor) -> dict[str, Any]:
         """Token ids, mask, rotary positions and placeholder indices for these questions
         and this frame size, built on the first call and reused (kept on the device)."""
-        key = (tuple(questions), tuple(int(s) for s in frames_shape), self.spec, str(self.device), self.fps)
+        key = (tuple(questions), tuple(int(s) for s in frames_shape), self.spec, str(self.device), self.fps,
+               self.share_prefix)
         prep = self._prepared_cache.get(key)
         if prep is not None:
             return prep
@@ -387,11 +409,48 @@ class QwenVLTeacher:
         with torch.no_grad():
             position_ids, _ = self.model.model.get_rope_index(**rope_kwargs)
         prep = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids, "video_mask": video_mask,
-                "video_index": tuple(video_mask.nonzero(as_tuple=True)), "video_tokens": int(per_row[0])}
+                "video_index": tuple(video_mask.nonzero(as_tuple=True)), "video_tokens": int(per_row[0]),
+                "video_copies": n_q}
+        if self.share_prefix and n_q > 1:
+            prep = self._packed(prep) or prep
         if len(self._prepared_cache) >= 16:  # a few (questions, size) pairs per instance; keep it bounded
             self._prepared_cache.clear()
         self._prepared_cache[key] = prep
         return prep
+
+    def _packed(self, prep: dict[str, Any]) -> dict[str, Any] | None:
+        """The rows of ``prep`` as ONE sequence: their common prefix once, then each row's
+        suffix; a 4-D additive mask lets a suffix see the prefix and itself (causally), and
+        the positions are each row's own. None when the video is not inside the common prefix."""
+        ids, mask, pos, video_mask = prep["input_ids"], prep["attention_mask"], prep["position_ids"], prep["video_mask"]
+        n_q, length = ids.shape
+        n_ans = len(self.answer_ids)
+        starts = [length - int(n) for n in mask.sum(dim=1).tolist()]  # left padding
+        common = shared_prefix_length([ids[i, starts[i]:].tolist() for i in range(n_q)], n_ans)
+        if int(video_mask[0, starts[0]:starts[0] + common].sum()) != prep["video_tokens"]:
+            return None
+        device = ids.device
+        pieces, positions, segments = [ids[0, starts[0]:starts[0] + common]], [pos[..., 0, starts[0]:starts[0] + common]], [0]
+        answer_index, end = [], common
+        seg_sizes = [common]
+        for i in range(n_q):
+            pieces.append(ids[i, starts[i] + common:])
+            positions.append(pos[..., i, starts[i] + common:])
+            seg_sizes.append(length - starts[i] - common)
+            end += seg_sizes[-1]
+            answer_index.append(list(range(end - n_ans - 1, end - 1)))
+        packed_ids = torch.cat(pieces)[None]
+        total = packed_ids.shape[1]
+        segment = torch.repeat_interleave(torch.arange(n_q + 1), torch.tensor(seg_sizes)).to(device)
+        causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
+        visible = causal & ((segment[None, :] == 0) | (segment[None, :] == segment[:, None]))
+        additive = torch.zeros(total, total, dtype=self.dtype, device=device)
+        additive.masked_fill_(~visible, torch.finfo(self.dtype).min)
+        packed_video = packed_ids == self.video_token_id
+        return {"input_ids": packed_ids, "attention_mask": additive[None, None],
+                "position_ids": torch.cat(positions, dim=-1).unsqueeze(-2), "video_mask": packed_video,
+                "video_index": tuple(packed_video.nonzero(as_tuple=True)), "video_tokens": prep["video_tokens"],
+                "video_copies": 1, "answer_index": torch.tensor(answer_index, device=device)}
 
     def _answer_hidden_naive(self, frames: torch.Tensor, question: str) -> torch.Tensor:
         """``batch_questions = False``: the model's own forward for ONE question with
