@@ -1,0 +1,46 @@
+"""The benchmark scripts run end to end on small inputs and write their tables (no time is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_full_size_script_runs_at_tiny_size(tmp_path):
+    out = tmp_path / "fs"
+    _run("full_size.py", "--preset", "tiny", "--teachers", "qwen3-vl-tiny", "--sizes", "64x64", "--steps", "2",
+         "--gen-repeats", "1", "--out", str(out))
+    md = out.with_suffix(".md").read_text()
+    assert "| teacher | size | F | K | Q |" in md and "step MFU" in md and "Command: `python benchmarks/full_size.py" in md
+    data = json.loads(out.with_suffix(".json").read_text())
+    (row,) = data["rows"]
+    assert row["status"] == "ok" and row["steps"] == 2 and len(row["step_all_s"]) == 2
+    assert row["instance_s"] > 0 and row["gen_s"] > 0 and row["flops"]["step_total"] > 0
+    assert data["switches"]["preview"] == "surrogate" and data["switches"]["share_prefix"] is True
+
+
+@pytest.mark.slow
+def test_analytic_script_reports_the_flop_floor(tmp_path):
+    out = tmp_path / "an"
+    _run("analytic.py", "--sizes", "832x480", "--teachers", "qwen3-vl-4b", "--out", str(out))
+    data = json.loads(out.with_suffix(".json").read_text())
+    (flop,) = data["flop_rows"]
+    # the transformer alone bounds the ratio from below; the teacher and the preview only add
+    assert 1.0 < flop["ratio_floor"] < flop["ratio_surrogate"] < flop["ratio_vae"]
+    assert flop["language"] < flop["language_rows"]
+    (mem,) = data["memory_rows"]
+    assert mem["surrogate"] < mem["vae_ckpt"] < mem["vae_nockpt"]
