@@ -302,7 +302,7 @@ def build_qwen_teacher(preset: QwenPreset | str, device: str | torch.device = "c
         torch.manual_seed(seed)
         with _defaults(device, dtype):
             model = Model(config)
-    model.to(device=device, dtype=dtype)
+    model.eval()  # built in ``dtype`` already; no .to(dtype): it would also cast the fp32 rotary buffers
     spec = pixels.DEFAULT_SPECS[preset.arch].with_pixels(preset.min_pixels, preset.max_pixels)
     if max_pixels is not None:
         spec = spec.with_pixels(None, max_pixels)

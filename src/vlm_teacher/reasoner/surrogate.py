@@ -31,6 +31,7 @@ upsampling, time split and output convolutions for the requested frames only.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +42,17 @@ from torch import nn
 from ..errors import UserError
 
 DEFAULT_WIDTHS = (256, 128, 64, 64)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_index(indices: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(indices, dtype=torch.long, device=device)
+
+
+def device_index(indices: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Frame indices as a long tensor on ``device``, made once per (indices, device): indexing a
+    GPU tensor with a Python list copies the list to the device, a host-device sync, every step."""
+    return _device_index(tuple(int(i) for i in indices), torch.device(device))
 
 
 def _conv(n_in: int, n_out: int, bias: bool = True) -> nn.Conv2d:
@@ -150,12 +162,13 @@ class TinyWanDecoder(nn.Module):
         wanted = [i + self.frames_to_trim for i in indices]
         sources = sorted({f // s1 for f in wanted})
         pos = {src: k for k, src in enumerate(sources)}
-        x = x.reshape(b, per_sample, *x.shape[1:])[:, sources].reshape(b * len(sources), *x.shape[1:])
+        x = x.reshape(b, per_sample, *x.shape[1:]).index_select(1, device_index(sources, x.device))
+        x = x.reshape(b * len(sources), *x.shape[2:])
         up, grow = layers[self._per_frame_from], layers[self._per_frame_from + 1]
         x = grow(up(x))                                              # (B * S * s1, n2, 8h, 8w)
         x = x.reshape(b, len(sources) * s1, *x.shape[1:])
         pick = [pos[f // s1] * s1 + f % s1 for f in wanted]
-        x = x[:, pick].reshape(b * len(pick), *x.shape[2:])
+        x = x.index_select(1, device_index(pick, x.device)).reshape(b * len(pick), *x.shape[2:])
         for layer in layers[self._per_frame_from + 2:]:
             x = layer(x)
         x = F.pixel_shuffle(x, self.patch) if self.patch > 1 else x

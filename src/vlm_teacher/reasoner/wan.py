@@ -595,7 +595,9 @@ class WanReasoner:
             video = self._decode_checkpointed(z)
         else:
             video = self.vae.decode(z, return_dict=False)[0]
-        frames = video[0].transpose(0, 1)[indices]  # (K, 3, H, W)
+        from .surrogate import device_index
+
+        frames = video[0].transpose(0, 1).index_select(0, device_index(indices, video.device))  # (K, 3, H, W)
         return (frames.float() + 1.0) / 2.0
 
     def _decode_checkpointed(self, z: torch.Tensor) -> torch.Tensor:
