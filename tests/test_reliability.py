@@ -99,3 +99,21 @@ def test_out_of_memory_becomes_a_hint(models, task):
 def test_bad_task_input_names_the_problem(prompt, frame, fragment):
     with pytest.raises(UserError, match=fragment):
         Task(id="bad", prompt=prompt, first_frame=frame)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "I;16", "CMYK", "1"])
+def test_images_of_any_mode_and_odd_size_reach_the_reasoner(tmp_path, mode, models):
+    """A first frame in any PIL mode and an odd size is read as RGB and resized by the reasoner."""
+    from PIL import Image
+
+    from vlm_teacher.video import read_image
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (23, 37, 3), dtype=np.uint8))
+    path = tmp_path / f"odd.{'tiff' if mode in ('I;16', 'CMYK') else 'png'}"
+    rgb.convert(mode).save(path)
+    image = read_image(path)
+    assert image.dtype == np.uint8 and image.shape == (23, 37, 3)
+    reasoner, _ = models
+    cond = reasoner.prepare("Move the agent to the red square.", image, 0)
+    assert (cond.height, cond.width) == (64, 64)  # the tiny pipeline's size (vlm_teacher.json)
