@@ -195,10 +195,11 @@ def write_model_card(folder: Path, figures: dict[str, Any], args) -> Path:
          "of `suites/grid/corrupt.py`, degraded versions (blur, temporal smear, ghosting, noise; verified after "
          "degrading) and, with a reasoner, its final videos and first-step previews. Loss: cross-entropy on the "
          "Yes/No token, weighted so Yes and No count equally per question type, plus cross-entropy on the JSON "
-         "of the query-writing answer. Two training-only auxiliary losses, also read from the pixels by the "
-         "verifier's reader, help a model trained from scratch learn where to look (the Yes/No loss alone sat at "
-         "the prior for hundreds of steps): a linear probe (discarded) predicting each cell's colour classes from "
-         "the vision tokens, and where-questions (\"Which row is the blue agent in at the end?\" -> one digit).", "",
+         "of the query-writing answer. Each video is also asked the goal question for every other in-domain "
+         "target colour of its first frame (`grid_teacher.goal_contrast`): Yes and No answers on the same video "
+         "tokens, the signal that got a from-scratch model off the Yes/No prior. A training-only linear probe "
+         "(discarded) predicts each cell's colour classes from the vision tokens, read from the pixels by the "
+         "verifier's reader; digit-answer where-questions (`--where-loss`) exist but are off by default.", "",
          "## The questions it writes and answers", ""]
     for fam, kinds in PROCESS_TYPES.items():
         L.append(f"- {fam}: goal \"{goal_question(fam, '<colour>')}\"; process " +
