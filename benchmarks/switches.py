@@ -51,8 +51,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
              {"dtype": "bfloat16"}),
     "compile": ("torch.compile of the Wan transformer blocks (WanReasoner.compile)", {"compile": False},
                 {"compile": True}),
-    "sync_grad_norm": ("grad norm read on the host each step (TTOConfig.sync_grad_norm) vs lazily",
-                       {"sync_grad_norm": True}, {"sync_grad_norm": False}),
+    "one_sync": ("one host sync per step: grad norm read lazily (TTOConfig.sync_grad_norm=False) vs on the "
+                 "host right after backward (True)", {"sync_grad_norm": True}, {"sync_grad_norm": False}),
 }
 DEFAULTS = {"transformer_ckpt": False, "teacher_ckpt": False, "vae_ckpt": False, "needed_only": True,
             "surrogate": False, "batch_questions": True, "share_prefix": True, "dtype": "float32", "compile": False,
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = ("python benchmarks/switches.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None
                                                                                      else sys.argv[1:]))).strip()
+    torch.set_num_threads(a.threads)  # what the machine line reports; each child sets it too
     names = [n for n in (a.only.split(",") if a.only else VARIANTS) if n]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -157,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
                 row["delta_step"] = "error: " + r["error"][:80]
             rows.append(row)
     table = C.markdown_table(rows, COLUMNS)
+    base = [r["step_cpu_s"] for r in rows if r.get("step_cpu_s") is not None
+            and all(DEFAULTS.get(k) == v for k, v in r["settings"].items())]
     legend = [f"`{n}`: {VARIANTS[n][0]}" for n in names]
     notes = [
         "Models: random weights of the `wan-small` (4 layers, 4x48 heads, VAE base 24/32) and `qwen3-vl-small` "
-        "(4 layers, hidden 256; vision depth 4, hidden 128) presets; {FRAMES} frames at {SIZE}x{SIZE}, K = {K}, Q = 4 questions, {a.steps} steps of optimize.teach, "
+        f"(4 layers, hidden 256; vision depth 4, hidden 128) presets; {FRAMES} frames at {SIZE}x{SIZE}, K = {K}, Q = 4 questions, {a.steps} steps of optimize.teach, "
         f"{a.threads} CPU thread(s), each run in its own process; every other switch at its default "
         f"({DEFAULTS}).",
         "step CPU s = median CPU time of the process per step (steps 2..N; with one thread this is the "
@@ -170,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Load average (1 min) during the runs: min {min(x for x in loads if x is not None):.1f}, "
         f"max {max(x for x in loads if x is not None):.1f} on {os.cpu_count()} logical CPUs shared with "
         "other work: step times carry that noise." if any(x is not None for x in loads) else "",
+        (f"Noise: the library-default configuration appears in {len(base)} rows; its step CPU s ranged from "
+         f"{min(base):.2f} to {max(base):.2f}. Differences inside that spread are not effects."
+         if len(base) > 1 else ""),
         *legend,
     ]
     path = C.write_results(a.out, "Performance switches before/after (CPU, reduced size)", command, table, rows,

@@ -348,6 +348,7 @@ def test_guarded_step_is_a_step_when_finite_and_a_no_op_when_not():
         assert torch.equal(o2.state[p]["exp_avg"], m) and torch.equal(o2.state[p]["exp_avg_sq"], v)
 
 
+@pytest.mark.slow
 def test_lazy_and_synced_grad_norm_give_the_same_run(tiny_wan_dir, tiny_qwen25_dir):
     from vlm_teacher.optimize import TTOConfig, teach
     from vlm_teacher.reasoner import load_reasoner
