@@ -6,7 +6,13 @@ One command runs the whole recipe on a CPU in well under an hour:
    residual blocks, 2x2 patchify, 16x spatial, 4x temporal) learns to
    reconstruct grid videos. A grid cell is 16 px, so one cell is one latent
    position, and 9 frames are 3 latent frames. It sees right *and* wrong videos
-   (``grid_videos``), so the reasoner's mistakes survive a decode.
+   (``grid_videos``), so the reasoner's mistakes survive a decode, plus single
+   frames of random cells. Two things made it learn within minutes on a CPU
+   (measured: with a plain pixel loss, a few hundred steps gave a VAE that drew
+   walls and dropped the small agent square, so no reconstruction passed the
+   verifier): extra loss weight on agent/box/target pixels, and a *cell code*
+   loss that asks the first 18 latent channels to hold each cell's background
+   class and, per covered frame, its object (``grid_videos.cell_codes``).
 2. **Latent cache** - the ground-truth videos of the train split and their
    counterfactual pairs (same first frame, another named goal colour) are
    encoded once; the per-channel mean/std of these latents become the VAE's
@@ -28,10 +34,11 @@ make the colour the only difference between two training examples).
 Repeatability and resumption: the seed fixes model init and both data
 streams; checkpoints (safetensors + JSON, never pickle) hold the weights, the
 optimiser state and the random states, so ``--resume`` continues the exact
-run. Each stage stops at its step count or its share of ``--minutes``,
-whichever comes first; the log (``log.jsonl``) says which. The same seed and
-step counts give the same model on the same machine as long as no stage hits
-its time limit.
+run. Each stage times its first 20 steps and then fixes how many steps fit in
+its share of ``--minutes`` (``_train_loop``); the plan is logged
+(``log.jsonl``), and the same seed and step counts give the same model on the
+same machine (pass the logged plans as ``--vae-steps``/``--dit-steps`` with a
+generous ``--minutes`` to repeat a run exactly).
 
 Outputs in ``--out``: ``model/`` (the pipeline folder with ``vlm_teacher.json``,
 ``metrics.json`` and ``MODEL_CARD.md``), ``log.jsonl``, ``checkpoint/``,
@@ -47,7 +54,6 @@ import math
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +66,9 @@ from ..files import atomic_path, write_json, write_text
 
 STAGES = ("vae", "latents", "transformer", "done")
 #: the model-shaping arguments; a resumed run must use the same ones
-ARCH_KEYS = ("seed", "train_tasks", "vae_base_dim", "vae_steps", "vae_batch", "vae_crop", "vae_lr", "vae_kl",
+ARCH_KEYS = ("seed", "train_tasks", "vae_base_dim", "vae_steps", "vae_batch", "vae_images", "vae_crop", "vae_lr",
+             "vae_clip_crop",
+             "vae_kl", "vae_object_weight", "vae_code_weight",
              "dit_steps", "dit_batch", "dit_lr", "dit_layers", "dit_heads", "dit_head_dim", "dit_ffn",
              "text_dim", "text_layers", "text_heads", "flow_shift", "sampler_steps", "max_sequence_length")
 NUM_FRAMES, SIZE, FPS = 9, 96, 8
@@ -82,29 +90,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "measured many times faster than two, which stall each other under load)")
     p.add_argument("--device", default="cpu", help="torch device for training (default %(default)s)")
     g = p.add_argument_group("data and evaluation")
-    g.add_argument("--train-tasks", type=int, default=2000, help="train-split tasks per family (default %(default)s)")
+    g.add_argument("--train-tasks", type=int, default=800, help="train-split tasks per family (default %(default)s)")
     g.add_argument("--eval-tasks", type=int, default=25,
                    help="test and ood tasks per family to evaluate at the end (0: skip; default %(default)s)")
     g = p.add_argument_group("VAE")
-    g.add_argument("--vae-steps", type=int, default=700)
-    g.add_argument("--vae-batch", type=int, default=8)
-    g.add_argument("--vae-crop", type=int, default=4, help="train on random crops of this many cells a side")
+    g.add_argument("--vae-steps", type=int, default=3000)
+    g.add_argument("--vae-batch", type=int, default=6, help="video clips per step")
+    g.add_argument("--vae-images", type=int, default=8, help="single random-grid frames per step (0: none)")
+    g.add_argument("--vae-crop", type=int, default=3, help="random-grid frames have this many cells a side")
+    g.add_argument("--vae-clip-crop", type=int, default=2,
+                   help="video clips are cropped to this many cells a side, around the agent or box")
     g.add_argument("--vae-lr", type=float, default=1e-3)
     g.add_argument("--vae-kl", type=float, default=1e-4, help="weight of the per-element KL term")
+    g.add_argument("--vae-code-weight", type=float, default=1.0,
+                   help="weight of the cell-code loss on the first latent channels (grid_videos.cell_codes)")
+    g.add_argument("--vae-object-weight", type=float, default=4.0,
+                   help="extra loss weight on agent, box and target pixels (default %(default)s)")
     g.add_argument("--vae-base-dim", type=int, default=16)
-    g.add_argument("--vae-share", type=float, default=0.3, help="fraction of --minutes for the VAE")
+    g.add_argument("--vae-share", type=float, default=0.55, help="fraction of --minutes for the VAE")
     g = p.add_argument_group("text encoder and transformer")
     g.add_argument("--text-dim", type=int, default=64)
     g.add_argument("--text-layers", type=int, default=2)
     g.add_argument("--text-heads", type=int, default=4)
     g.add_argument("--max-sequence-length", type=int, default=64)
-    g.add_argument("--dit-steps", type=int, default=4000)
-    g.add_argument("--dit-batch", type=int, default=32)
-    g.add_argument("--dit-lr", type=float, default=5e-4)
+    g.add_argument("--dit-steps", type=int, default=10000)
+    g.add_argument("--dit-batch", type=int, default=16)
+    g.add_argument("--dit-lr", type=float, default=7e-4)
     g.add_argument("--dit-layers", type=int, default=6)
     g.add_argument("--dit-heads", type=int, default=4)
-    g.add_argument("--dit-head-dim", type=int, default=32)
-    g.add_argument("--dit-ffn", type=int, default=512)
+    g.add_argument("--dit-head-dim", type=int, default=24)
+    g.add_argument("--dit-ffn", type=int, default=384)
     g.add_argument("--flow-shift", type=float, default=2.0, help="sampler shift saved in the scheduler config")
     g.add_argument("--sampler-steps", type=int, default=4)
     g.add_argument("--checkpoint-every", type=int, default=200)
@@ -113,7 +128,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args) -> None:
-    positive = ("train_tasks", "vae_steps", "vae_batch", "vae_crop", "vae_base_dim", "text_dim", "text_layers",
+    if args.vae_images < 0:
+        raise UserError(f"--vae-images must be >= 0, got {args.vae_images}")
+    positive = ("train_tasks", "vae_steps", "vae_batch", "vae_crop", "vae_clip_crop", "vae_base_dim", "text_dim",
+                "text_layers",
                 "text_heads", "max_sequence_length", "dit_steps", "dit_batch", "dit_layers", "dit_heads",
                 "dit_head_dim", "dit_ffn", "sampler_steps", "checkpoint_every", "threads")
     for key in positive:
@@ -155,6 +173,19 @@ def _to_pixels(videos: list[np.ndarray], device) -> torch.Tensor:
     """uint8 (T, H, W, 3) videos -> (B, 3, T, H, W) float in [-1, 1]."""
     x = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float()
     return (x / 127.5 - 1.0).to(device)
+
+
+def salience_weights(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-pixel loss weights (B, 1, T, H, W): 1 on floor and wall pixels, ``1 + weight`` on
+    everything else (agent, box, targets). Measured here: with a plain pixel loss a
+    briefly trained VAE drew walls and floor well and simply dropped the small agent
+    square, which makes every reconstructed video fail the verifier."""
+    from ..suites.grid import PALETTE
+
+    plain = torch.tensor([PALETTE["floor"], PALETTE["wall"]], dtype=x.dtype, device=x.device) / 127.5 - 1.0
+    dist = torch.cdist(x.permute(0, 2, 3, 4, 1).reshape(-1, 3), plain).min(dim=1).values  # (B*T*H*W,)
+    salient = (dist > 0.3).to(x.dtype).view(x.shape[0], 1, *x.shape[2:])
+    return 1.0 + weight * salient
 
 
 def _dir_megabytes(path: Path) -> float:
@@ -264,67 +295,120 @@ def _np_rng(state: dict | None, seed: int, stream: int) -> np.random.Generator:
     return rng
 
 
-# ---------------------------------------------------------------------------- stage 1: VAE
-def train_vae(args, models, tasks, run_state, ckpt: Checkpoint, log: JsonlLog, device) -> bool:
-    """Returns True when the stage finished (steps done or its time is up)."""
+# ---------------------------------------------------------------------------- the shared training loop
+CALIBRATION_STEPS = 20  # steps timed before a stage fixes how many steps fit in its time budget
+REPLAN_EVERY = 100  # a time-limited stage re-checks its plan this often (the shared machine's speed drifts)
+
+
+def _train_loop(name: str, args, models, opt, params, run_state: dict, ckpt: Checkpoint, log: JsonlLog, *,
+                steps: int, base_lr: float, warmup: int, budget_s: float, stream: int, next_stage: str,
+                train_step) -> bool:
+    """Run ``train_step(step, rng) -> (loss tensor, log dict)`` up to the stage's planned step count.
+
+    The plan: after CALIBRATION_STEPS steps the stage measures its speed and fixes
+    ``planned = min(steps, what fits in budget_s)``; the learning rate then decays
+    over ``planned`` steps (a cosine that reaches its end instead of being cut
+    off). A time-limited plan is re-checked every REPLAN_EVERY steps against the
+    average speed so far. Plans are logged and checkpointed, so a resumed stage
+    keeps its plan; a stage that is not time-limited runs exactly ``steps``
+    steps, so the same seed and step counts give the same model.
+    A hard stop at 1.15 x budget_s guards against a machine that slows down later.
+    Returns True when the stage finished, False when ``--stop-after`` cut it."""
     from tqdm.auto import tqdm
 
-    from .grid_videos import crop_cells, vae_video
-
-    vae = models["vae"].to(device).train()
-    vae.requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     step = int(run_state.get("step", 0))
     if step > 0:
         ckpt.load_into(models, opt, run_state)
     else:
-        torch.manual_seed(args.seed * 1000 + 1)
-    rng = _np_rng(run_state.get("np_rng"), args.seed, 1)
-    budget = args.minutes * 60 * args.vae_share
+        torch.manual_seed(args.seed * 1000 + stream)
+    rng = _np_rng(run_state.get("np_rng"), args.seed, stream)
+    planned = run_state.get("planned")
+    keep = {k: v for k, v in run_state.items() if k.startswith("vae_")}  # earlier stages' summaries
     elapsed0 = float(run_state.get("elapsed", 0.0))
     t0 = time.time()
-    done_here = 0
-    bar = tqdm(total=args.vae_steps, initial=step, desc="VAE", unit="step", dynamic_ncols=True)
-    reason = "steps"
-    while step < args.vae_steps:
-        if elapsed0 + time.time() - t0 > budget:
+    elapsed = lambda: elapsed0 + time.time() - t0  # noqa: E731
+    state = lambda: {**keep, "stage": name, "step": step, "np_rng": rng.bit_generator.state,  # noqa: E731
+                     "elapsed": elapsed(), "planned": planned}
+    done_here, reason, ema = 0, "steps", None
+    bar = tqdm(total=planned or steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
+    while step < (planned or steps):
+        if elapsed() > 1.15 * budget_s:
             reason = "time"
             break
         if args.stop_after is not None and done_here >= args.stop_after:
             reason = "stop_after"
             break
-        videos = [crop_cells(vae_video(tasks, rng)[0], args.vae_crop, rng) for _ in range(args.vae_batch)]
-        x = _to_pixels(videos, device)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, args.vae_steps, args.vae_lr, warmup=min(50, args.vae_steps // 10 + 1))
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(), return_dict=False)[0]
-        mse = torch.mean((rec - x) ** 2)
-        l1 = torch.mean(torch.abs(rec - x))
-        kl = 0.5 * torch.mean(post.mean ** 2 + post.var - 1.0 - post.logvar)
-        loss = mse + l1 + args.vae_kl * kl
+            g["lr"] = _lr_at(step, planned or steps, base_lr, warmup)
+        loss, record = train_step(step, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         done_here += 1
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         bar.update(1)
-        bar.set_postfix(mse=f"{mse.item():.4f}")
-        log.write(stage="vae", step=step, loss=loss.item(), mse=mse.item(), l1=l1.item(), kl=kl.item(),
-                  grad_norm=float(gnorm), lr=opt.param_groups[0]["lr"])
-        if step % args.checkpoint_every == 0 and step < args.vae_steps:
-            ckpt.save(models, {"stage": "vae", "step": step, "np_rng": rng.bit_generator.state,
-                               "elapsed": elapsed0 + time.time() - t0}, opt)
+        bar.set_postfix(loss=f"{ema:.4f}")
+        log.write(stage=name, step=step, loss=loss.item(), **record, grad_norm=float(gnorm),
+                  lr=opt.param_groups[0]["lr"])
+        if (planned is None and step >= min(CALIBRATION_STEPS, steps)) or \
+                (planned is not None and planned < steps and step % REPLAN_EVERY == 0):
+            planned = min(steps, max(step, int(budget_s * step / elapsed())))
+            bar.total = planned
+            bar.refresh()
+            log.write(stage=name, event="plan", step=step, planned=planned,
+                      seconds_per_step=round(elapsed() / step, 3), budget_s=round(budget_s, 1))
+        if step % args.checkpoint_every == 0 and step < (planned or steps):
+            ckpt.save(models, state(), opt)
     bar.close()
-    elapsed = elapsed0 + time.time() - t0
-    finished = reason in ("steps", "time")
-    if finished:
-        log.write(stage="vae", event="end", step=step, reason=reason, seconds=round(elapsed, 1))
-        ckpt.save(models, {"stage": "latents", "step": 0, "vae_steps_done": step, "vae_stop": reason,
-                           "vae_seconds": elapsed}, None)
-    else:
-        ckpt.save(models, {"stage": "vae", "step": step, "np_rng": rng.bit_generator.state, "elapsed": elapsed}, opt)
+    if reason == "stop_after":
+        ckpt.save(models, state(), opt)
+        return False
+    if step >= (planned or steps) and planned is not None and planned < steps:
+        reason = "time"  # the plan cut the stage short to fit the budget
+    log.write(stage=name, event="end", step=step, planned=planned, reason=reason, seconds=round(elapsed(), 1))
+    prefix = "vae" if name == "vae" else "dit"
+    ckpt.save(models, {**keep, "stage": next_stage, "step": 0, f"{prefix}_steps_done": step,
+                       f"{prefix}_stop": reason, f"{prefix}_seconds": elapsed()}, None)
+    return True
+
+
+# ---------------------------------------------------------------------------- stage 1: VAE
+def train_vae(args, models, tasks, run_state, ckpt: Checkpoint, log: JsonlLog, device) -> bool:
+    """Reconstruction (MSE + L1) of right and wrong grid videos, tiny KL. True when finished."""
+    from .grid_videos import CODE_CHANNELS, cell_codes, crop_cells, random_grid_images, vae_video
+
+    vae = models["vae"].to(device).train()
+    vae.requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+
+    def reconstruct(videos: list[np.ndarray]):
+        x = _to_pixels(videos, device)
+        code = torch.from_numpy(np.stack([cell_codes(v) for v in videos])).to(device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(), return_dict=False)[0]
+        kl = 0.5 * torch.mean(post.mean ** 2 + post.var - 1.0 - post.logvar)
+        w = salience_weights(x, args.vae_object_weight)
+        code_err = torch.mean((post.mean[:, :CODE_CHANNELS] - code) ** 2)
+        return (torch.sum(w * (rec - x) ** 2) / w.sum(), torch.sum(w * torch.abs(rec - x)) / w.sum(), kl, code_err)
+
+    def train_step(step: int, rng: np.random.Generator):
+        # video clips (time structure, right and wrong motion) + single random-grid frames (colours)
+        videos = [crop_cells(vae_video(tasks, rng)[0], args.vae_clip_crop, rng, focus=True)
+                  for _ in range(args.vae_batch)]
+        terms = reconstruct(videos)
+        if args.vae_images:
+            images = reconstruct(list(random_grid_images(rng, args.vae_images, args.vae_crop)))
+            terms = tuple((a + b) / 2 for a, b in zip(terms, images))
+        mse, l1, kl, code_err = terms
+        loss = mse + l1 + args.vae_kl * kl + args.vae_code_weight * code_err
+        return loss, {"mse": mse.item(), "l1": l1.item(), "kl": kl.item(), "code": code_err.item()}
+
+    finished = _train_loop("vae", args, models, opt, list(vae.parameters()), run_state, ckpt, log,
+                           steps=args.vae_steps, base_lr=args.vae_lr, warmup=min(20, args.vae_steps // 5 + 1),
+                           budget_s=args.minutes * 60 * args.vae_share, stream=1, next_stage="latents",
+                           train_step=train_step)
     vae.eval().requires_grad_(False)
     return finished
 
@@ -373,7 +457,7 @@ def build_latent_cache(args, models, tasks, out: Path, log: JsonlLog, device) ->
                   counterfactual=int(cache["counterfactual"].sum()))
     z = cache["latents"]
     mean = z.transpose(0, 1).reshape(z.shape[1], -1).mean(1)
-    std = z.transpose(0, 1).reshape(z.shape[1], -1).std(1).clamp_min(1e-2)
+    std = z.transpose(0, 1).reshape(z.shape[1], -1).std(1).clamp_min(0.1)  # free channels may be near-constant
     vae.register_to_config(latents_mean=[float(v) for v in mean], latents_std=[float(v) for v in std])
     return cache
 
@@ -391,8 +475,7 @@ def sample_sigmas(batch: int, sampler_sigmas: list[float], shift: float) -> torc
 
 
 def train_transformer(args, models, cache, run_state, ckpt: Checkpoint, log: JsonlLog, device) -> bool:
-    from tqdm.auto import tqdm
-
+    """TI2V flow matching on the cached latents (see the module docstring). True when finished."""
     from ..reasoner.wan import shifted_sigmas
     from ..suites.grid import FAMILIES, TARGET_COLOURS, prompt_for
 
@@ -410,27 +493,8 @@ def train_transformer(args, models, cache, run_state, ckpt: Checkpoint, log: Jso
     tr = models["transformer"].to(device).train()
     tr.requires_grad_(True)
     opt = torch.optim.AdamW(tr.parameters(), lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
-    step = int(run_state.get("step", 0))
-    if step > 0:
-        ckpt.load_into(models, opt, run_state)
-    else:
-        torch.manual_seed(args.seed * 1000 + 3)
-    rng = _np_rng(run_state.get("np_rng"), args.seed, 3)
-    budget = args.minutes * 60 * (1 - args.vae_share)
-    elapsed0 = float(run_state.get("elapsed", 0.0))
-    t0 = time.time()
-    done_here = 0
-    reason = "steps"
-    bar = tqdm(total=args.dit_steps, initial=step, desc="transformer", unit="step", dynamic_ncols=True)
-    ema = None
-    keep = {k: v for k, v in run_state.items() if k.startswith("vae_")}  # the VAE stage's summary
-    while step < args.dit_steps:
-        if elapsed0 + time.time() - t0 > budget:
-            reason = "time"
-            break
-        if args.stop_after is not None and done_here >= args.stop_after:
-            reason = "stop_after"
-            break
+
+    def train_step(step: int, rng: np.random.Generator):
         idx = torch.from_numpy(rng.integers(n, size=args.dit_batch)).to(device)
         x0 = x_all[idx]
         s = sample_sigmas(args.dit_batch, sigmas, 3.0).to(device)
@@ -439,40 +503,19 @@ def train_transformer(args, models, cache, run_state, ckpt: Checkpoint, log: Jso
         xt = (1 - sv) * x0 + sv * eps
         xt = torch.cat([x0[:, :, :1], xt[:, :, 1:]], dim=2)  # frame 0 = the clean first-frame latent
         ts = (s * 1000.0)[:, None].expand(-1, num_tokens).clone()
-        ts[:, :tokens_per_frame] = 0.0
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, args.dit_steps, args.dit_lr, warmup=min(200, args.dit_steps // 10 + 1))
+        ts[:, :tokens_per_frame] = 0.0  # TI2V: the first frame's tokens are clean
         v = tr(hidden_states=xt, timestep=ts, encoder_hidden_states=prompt_table[p_idx[idx]], return_dict=False)[0]
-        err = (v.float() - (eps - x0))[:, :, 1:] ** 2
-        loss = err.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
-        opt.step()
-        step += 1
-        done_here += 1
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema:.4f}")
+        err = (v.float() - (eps - x0))[:, :, 1:] ** 2  # the model's output on frame 0 is discarded
         with torch.no_grad():
-            at_one = (s == 1.0)
+            at_one = s == 1.0
             loss_one = err[at_one].mean().item() if at_one.any() else None
-        log.write(stage="transformer", step=step, loss=loss.item(), loss_sigma1=loss_one,
-                  grad_norm=float(gnorm), lr=opt.param_groups[0]["lr"])
-        if step % args.checkpoint_every == 0 and step < args.dit_steps:
-            ckpt.save(models, {**keep, "stage": "transformer", "step": step, "np_rng": rng.bit_generator.state,
-                               "elapsed": elapsed0 + time.time() - t0}, opt)
-    bar.close()
-    elapsed = elapsed0 + time.time() - t0
-    finished = reason in ("steps", "time")
+        return err.mean(), {"loss_sigma1": loss_one}
+
+    finished = _train_loop("transformer", args, models, opt, list(tr.parameters()), run_state, ckpt, log,
+                           steps=args.dit_steps, base_lr=args.dit_lr, warmup=min(100, args.dit_steps // 5 + 1),
+                           budget_s=args.minutes * 60 * (1 - args.vae_share), stream=3, next_stage="done",
+                           train_step=train_step)
     tr.eval().requires_grad_(False)
-    if finished:
-        log.write(stage="transformer", event="end", step=step, reason=reason, seconds=round(elapsed, 1))
-        ckpt.save(models, {**keep, "stage": "done", "step": 0, "dit_steps_done": step, "dit_stop": reason,
-                           "dit_seconds": elapsed}, None)
-    else:
-        ckpt.save(models, {**keep, "stage": "transformer", "step": step, "np_rng": rng.bit_generator.state,
-                           "elapsed": elapsed}, opt)
     return finished
 
 
@@ -571,6 +614,8 @@ def model_card(metrics: dict[str, Any]) -> str:
         "",
         "## Training run",
         f"- command: `{tr['command']}`",
+        *(["- invocations (the run was resumed): " + "; ".join(f"`{c}`" for c in tr["invocations"])]
+          if len(tr.get("invocations", [])) > 1 else []),
         f"- machine: {tr['machine']}",
         f"- torch {tr['torch']}, diffusers {tr['diffusers']}, transformers {tr['transformers']}",
         f"- VAE: {tr['vae_steps_done']} steps (stopped by: {tr['vae_stop']}), {tr['vae_seconds'] / 60:.1f} min",
@@ -611,7 +656,8 @@ def model_card(metrics: dict[str, Any]) -> str:
             e = ev[split]
             fam = e["by_family"]
             lines.append(f"| {split} | {e['tasks']} | {_pct(e['pass_rate'])} | {e['mean_score']:.3f} | "
-                         f"{_pct(fam.get('maze', {}).get('pass_rate'))} | {_pct(fam.get('push', {}).get('pass_rate'))} | "
+                         f"{_pct(fam.get('maze', {}).get('pass_rate'))} | "
+                         f"{_pct(fam.get('push', {}).get('pass_rate'))} | "
                          f"{e['vae_psnr_db']:.1f} dB | {_pct(e['vae_verifier_pass_rate'])} |")
         cf = ev["counterfactual_test_maze"]
         lines += ["",
@@ -622,6 +668,10 @@ def model_card(metrics: dict[str, Any]) -> str:
                   "ood = 8x8 grids (128 px), 9-16 moves (13 or 17 frames), goal colours including magenta, "
                   "which is never a goal in training."]
     return "\n".join(lines) + "\n"
+
+
+def _read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _command(args) -> str:
@@ -649,14 +699,24 @@ def _versions() -> dict[str, str]:
 
 def _machine(device: str) -> str:
     cpu = platform.processor() or platform.machine()
-    return f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads of {os.cpu_count()} CPUs, device {device}"
+    return (f"{platform.system()} {cpu}, {torch.get_num_threads()} torch thread(s) of {os.cpu_count()} CPUs "
+            f"(shared with other jobs), device {device}")
 
 
 # ---------------------------------------------------------------------------- run
 def run(args) -> int:
+    """The whole recipe; torch's thread count is restored afterwards (the recipe may run inside tests)."""
     _check_args(args)
-    t_start = time.time()
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args) -> int:
+    t_start = time.time()
     device = torch.device(args.device)
     out: Path = args.out
     ckpt = Checkpoint(out)
@@ -678,7 +738,7 @@ def run(args) -> int:
         run_state = {"stage": "vae", "step": 0}
     log = JsonlLog(out / "log.jsonl")
     log.write(event="start", resume=bool(args.resume), stage=run_state["stage"], step=run_state.get("step", 0),
-              argv=sys.argv[1:])
+              command=_command(args) + (" --resume" if args.resume else ""))
 
     from .grid_videos import train_tasks
 
@@ -710,6 +770,8 @@ def run(args) -> int:
     metrics: dict[str, Any] = {
         "training": {
             "command": _command(args),
+            "invocations": [r["command"] for r in _read_log(out / "log.jsonl")
+                            if r.get("event") == "start" and r.get("command")],
             "machine": _machine(args.device), **_versions(),
             "seed": args.seed, "train_tasks_per_family": args.train_tasks,
             "samples": int(cache["latents"].shape[0]), "counterfactual_samples": int(cache["counterfactual"].sum()),

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..suites.grid import CORRUPTIONS, MOVES, GridTask, corrupt, grid_tasks
 from ..suites.grid.generate import IN_DOMAIN_GOALS
-from ..suites.grid.render import draw_object, render_background
+from ..suites.grid.render import BACKGROUND_CLASSES, CELL, OBJECT, PALETTE, draw_object, render_background
 from ..suites.grid.state import add
 
 #: VAE batch mix: (source, probability)
@@ -145,10 +145,78 @@ def vae_video(tasks: list[GridTask], rng: np.random.Generator) -> tuple[np.ndarr
     return random_walk(task, rng), source
 
 
-def crop_cells(video: np.ndarray, cells: int, rng: np.random.Generator, cell_px: int = 16) -> np.ndarray:
-    """A random cell-aligned square crop of ``cells`` x ``cells`` cells (the whole frame if smaller)."""
+#: background class probabilities of random_grid_images (floor, wall, then the four target colours)
+_BG_PROBS = np.array([0.45, 0.27, 0.07, 0.07, 0.07, 0.07])
+
+
+def random_grid_images(rng: np.random.Generator, count: int, cells: int) -> np.ndarray:
+    """``count`` single frames of ``cells`` x ``cells`` random cells: every background
+    class and object/background combination shows up far more often than in real
+    tasks (where targets are 2-3 cells of 36), which is what the VAE's colours need.
+    Returns (count, 1, H, W, 3) uint8, i.e. one-frame videos."""
+    assert len(_BG_PROBS) == len(BACKGROUND_CLASSES)
+    rgb = np.array([PALETTE[k] for k in BACKGROUND_CLASSES], dtype=np.uint8)
+    bg = rng.choice(len(BACKGROUND_CLASSES), size=(count, cells, cells), p=_BG_PROBS)
+    img = np.repeat(np.repeat(rgb[bg], CELL, axis=1), CELL, axis=2)  # (count, H, W, 3)
+    obj = rng.choice(3, size=(count, cells, cells), p=[0.8, 0.12, 0.08])  # none, agent, box
+    m = (CELL - OBJECT) // 2
+    for i, r, c in zip(*np.nonzero(obj)):
+        kind = "agent" if obj[i, r, c] == 1 else "box"
+        img[i, r * CELL + m:r * CELL + m + OBJECT, c * CELL + m:c * CELL + m + OBJECT] = PALETTE[kind]
+    return img[:, None]
+
+
+#: channels of the cell code: 6 background classes + 4 frames x (none, agent, box)
+CODE_CHANNELS = len(BACKGROUND_CLASSES) + 4 * 3
+
+
+def cell_codes(video: np.ndarray, temporal: int = 4) -> np.ndarray:
+    """The symbolic content of a clean rendered video as a latent-shaped code.
+
+    (T, H, W, 3) uint8 -> (CODE_CHANNELS, latent frames, n, n) float32 in {-1, 1}:
+    per cell, the background class (one-hot over BACKGROUND_CLASSES, read at the
+    cell's border) and, for each of the ``temporal`` pixel frames a latent frame
+    covers (frame 0 alone for latent frame 0, then 4j-3..4j), whether the cell
+    shows nothing, the agent or the box (read at the centre). The VAE is trained
+    to put this code in its first CODE_CHANNELS latent channels, which makes it
+    learn in minutes instead of hours and gives the transformer near-symbolic
+    latents. Exact for renders of this suite (flat palette colours)."""
+    T, H, _, _ = video.shape
+    n = H // CELL
+    ring = video[:, 1::CELL, 1::CELL].astype(np.int32)[:, :n, :n]  # (T, n, n, 3)
+    centre = video[:, CELL // 2::CELL, CELL // 2::CELL].astype(np.int32)[:, :n, :n]
+    bg_rgb = np.array([PALETTE[k] for k in BACKGROUND_CLASSES], dtype=np.int32)
+    bg = np.abs(ring[..., None, :] - bg_rgb).sum(-1).argmin(-1)  # (T, n, n)
+    obj = np.zeros((T, n, n), dtype=np.int64)
+    obj[(centre == PALETTE["agent"]).all(-1)] = 1
+    obj[(centre == PALETTE["box"]).all(-1)] = 2
+    latent_frames = (T - 1) // temporal + 1
+    out = np.empty((CODE_CHANNELS, latent_frames, n, n), dtype=np.float32)
+    eye_bg, eye_obj = np.eye(len(BACKGROUND_CLASSES), dtype=np.float32), np.eye(3, dtype=np.float32)
+    for j in range(latent_frames):
+        frames = [0] * temporal if j == 0 else list(range(temporal * j - temporal + 1, temporal * j + 1))
+        parts = [eye_bg[bg[frames[0]]]] + [eye_obj[obj[f]] for f in frames]  # each (n, n, k)
+        out[:, j] = np.concatenate(parts, axis=-1).transpose(2, 0, 1)
+    return 2.0 * out - 1.0
+
+
+def crop_cells(video: np.ndarray, cells: int, rng: np.random.Generator, cell_px: int = 16,
+               focus: bool = False) -> np.ndarray:
+    """A random cell-aligned square crop of ``cells`` x ``cells`` cells (the whole frame if smaller).
+
+    ``focus``: the crop contains a cell where the agent or box stands in some
+    frame, so small crops of videos still show motion (a random 2x2 crop of a
+    6x6 maze video often shows no object at all)."""
     n = video.shape[1] // cell_px
     if cells >= n:
         return video
-    r, c = (int(x) for x in rng.integers(0, n - cells + 1, size=2))
-    return video[:, r * cell_px:(r + cells) * cell_px, c * cell_px:(c + cells) * cell_px]
+    lo, hi = np.zeros(2, dtype=int), np.full(2, n - cells)
+    if focus:
+        centre = video[:, cell_px // 2::cell_px, cell_px // 2::cell_px][:, :n, :n]
+        hits = np.argwhere((centre == PALETTE["agent"]).all(-1) | (centre == PALETTE["box"]).all(-1))
+        if len(hits):
+            _, r, c = hits[int(rng.integers(len(hits)))]
+            lo = np.maximum(0, np.array([r, c]) - cells + 1)
+            hi = np.minimum(np.array([r, c]), n - cells)
+    r0, c0 = (int(rng.integers(a, b + 1)) for a, b in zip(lo, hi))
+    return video[:, r0 * cell_px:(r0 + cells) * cell_px, c0 * cell_px:(c0 + cells) * cell_px]
