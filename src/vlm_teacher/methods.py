@@ -252,6 +252,19 @@ class Method:
         counts["reasoner"] += sampler_steps(ctx.reasoner)
         return video
 
+    def _best_of(self, ctx, task, seed, counts, judge):
+        """Sample ``self.n`` seeds, score each with ``judge(video) -> (score, record)``, keep the
+        first best. Returns (score, seed, video, candidate records)."""
+        best, candidates = None, []
+        for s in candidate_seeds(seed, self.n):
+            video = self._sample(ctx, task.prompt, task, s, counts)
+            score, record = judge(video)
+            candidates.append({"seed": s, **record})
+            if best is None or score > best[0]:
+                best = (score, s, video)
+        assert best is not None
+        return (*best, candidates)
+
     def __repr__(self) -> str:
         return f"<method {self.name}>"
 
@@ -298,18 +311,16 @@ class BestOfN(Method):
 
         queries = ctx.teacher.propose_queries(task.prompt, task.first_frame)
         counts["teacher"] += 1
-        best, candidates = None, []
-        for s in candidate_seeds(seed, self.n):
-            video = self._sample(ctx, task.prompt, task, s, counts)
+
+        def judge(video):
             idx = uniform_frame_indices(int(video.shape[0]), ctx.tto.num_frames_shown)
             judged = ctx.teacher.score(video[idx], queries, lam=ctx.tto.lam)
             counts["teacher"] += 1
-            candidates.append({"seed": s, "teacher_score": judged["score"], "p_yes": judged["p_yes"]})
-            if best is None or judged["score"] > best[0]:
-                best = (judged["score"], s, video)
-        assert best is not None
-        return MethodOutput(video=_to_uint8(best[2]), steps=self.n, stop_reason="best_of_n", queries=queries,
-                            extra={"candidates": candidates, "chosen_seed": best[1], "teacher_score": best[0]})
+            return judged["score"], {"teacher_score": judged["score"], "p_yes": judged["p_yes"]}
+
+        score, s, video, candidates = self._best_of(ctx, task, seed, counts, judge)
+        return MethodOutput(video=_to_uint8(video), steps=self.n, stop_reason="best_of_n", queries=queries,
+                            extra={"candidates": candidates, "chosen_seed": s, "teacher_score": score})
 
 
 class OraclePassAtN(Method):
@@ -328,16 +339,13 @@ class OraclePassAtN(Method):
         return {**super().config(), "n": self.n}
 
     def _run(self, ctx, task, seed, counts):
-        best, candidates = None, []
-        for s in candidate_seeds(seed, self.n):
-            video = _to_uint8(self._sample(ctx, task.prompt, task, s, counts))
-            score = float(ctx.verifier(task, video))
-            candidates.append({"seed": s, "verifier_score": score})
-            if best is None or score > best[0]:
-                best = (score, s, video)
-        assert best is not None
-        return MethodOutput(video=best[2], steps=self.n, stop_reason="oracle_pass_at_n",
-                            extra={"candidates": candidates, "chosen_seed": best[1], "verifier_calls": self.n})
+        def judge(video):
+            score = float(ctx.verifier(task, _to_uint8(video)))
+            return score, {"verifier_score": score}
+
+        _, s, video, candidates = self._best_of(ctx, task, seed, counts, judge)
+        return MethodOutput(video=_to_uint8(video), steps=self.n, stop_reason="oracle_pass_at_n",
+                            extra={"candidates": candidates, "chosen_seed": s, "verifier_calls": self.n})
 
 
 class TTO(Method):
