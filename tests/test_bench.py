@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm_teacher.bench import BenchConfig, import_vbvr_results, open_store, plan, run_bench
+from vlm_teacher.bench import BenchConfig, import_vbvr_results, model_id, open_store, plan, run_bench
 from vlm_teacher.cli import main
 from vlm_teacher.errors import UserError
 
@@ -72,6 +72,9 @@ def test_local_bench_writes_one_row_per_key(grid_bench):
     assert all(r["steps"] == 1 and r["teacher_calls"] == 1 and (Path(cfg.out) / r["extra"]["run_dir"] /
                "queries.json").is_file() for r in tto)
     assert all(r["teacher_calls"] == 0 and r["extra"]["teacher"] is None for r in rows if r["method"] == "frozen")
+    # the teacher is named by folder and content hash: retrained weights in the same folder stay apart
+    assert all(r["extra"]["teacher"] == model_id(cfg.teacher) and r["extra"]["teacher"].startswith(cfg.teacher.name + "-")
+               for r in tto)
 
 
 def test_second_run_reruns_nothing(grid_bench):
@@ -350,3 +353,5 @@ def test_report_of_a_real_bench_folder(grid_bench):
         assert (cfg.out / src).is_file(), src
     md = write_markdown(cfg.out, cfg.out / "grid.md").read_text()
     assert "| frozen |" in md and "| tto_generic |" in md and "pass rate" in md
+    # where the figures come from: the machine and the models' identities, recorded by every bench run
+    assert "Machine: Linux" in md and f"reasoner {Path(cfg.reasoner).name}-" in md

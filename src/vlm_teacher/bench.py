@@ -229,11 +229,12 @@ class InstanceRunner:
     benchmark goes on. Only KeyboardInterrupt / SystemExit propagate.
     """
 
-    def __init__(self, cfg: BenchConfig) -> None:
+    def __init__(self, cfg: BenchConfig, suite=None) -> None:
         self.cfg = cfg
-        self._suite = None
+        self._suite = suite  # the driver's, when it runs in the same process
         self._ctx = None
         self._methods: dict[str, Any] = {}
+        self.model_ids: dict[str, str] = {}
 
     @property
     def suite(self):
@@ -260,6 +261,10 @@ class InstanceRunner:
                 except UserError:
                     if any(m.uses_teacher for m in methods):
                         raise
+            # names in the rows: folder name + content hash, so two versions of one folder stay apart
+            self.model_ids = {"reasoner": model_id(self.cfg.reasoner_path())}
+            if teacher is not None:
+                self.model_ids["teacher"] = model_id(self.cfg.teacher_path())
             self._ctx = MethodContext(reasoner=reasoner, teacher=teacher, tto=self.cfg.tto_config(),
                                       num_frames=self.cfg.num_frames, verifier=self.suite.verifier())
             self._methods = {m.name: m for m in methods}
@@ -301,8 +306,8 @@ class InstanceRunner:
         scored = suite.score(task, out.video, ctx.fps, self.cfg.out, inst.run_name)
         extra: dict[str, Any] = {
             "group": suite.group(task),
-            "reasoner": _name(self.cfg.reasoner_path()),
-            "teacher": _name(self.cfg.teacher_path()) if (method.uses_teacher and ctx.teacher is not None) else None,
+            "reasoner": self.model_ids["reasoner"],
+            "teacher": self.model_ids.get("teacher") if (method.uses_teacher and ctx.teacher is not None) else None,
             "eval_teacher": None,
             "run_dir": inst.run_dir,
             "run_name": inst.run_name,
@@ -313,7 +318,7 @@ class InstanceRunner:
         if ctx.teacher is not None and self.cfg.teacher_eval and scored.passed is not None:
             extra["teacher_eval"] = teacher_judgement(ctx.teacher, task, out.video, ctx.tto.num_frames_shown,
                                                       scored.passed)
-            extra["eval_teacher"] = _name(self.cfg.teacher_path())
+            extra["eval_teacher"] = self.model_ids.get("teacher")
         rel = lambda p: str(Path(p).relative_to(self.cfg.out))  # noqa: E731
         return {
             **inst.key._asdict(), "status": "done", "score": scored.score,
@@ -323,10 +328,6 @@ class InstanceRunner:
             "peak_mem_mb": cost["peak_mem_mb"], "video_path": rel(video_path),
             "history_path": rel(run_dir / "history.json"), "extra": extra,
         }
-
-
-def _name(path: Path) -> str:
-    return Path(path).name
 
 
 def teacher_judgement(teacher, task, video, k: int, passed: bool) -> dict[str, Any]:
@@ -345,9 +346,10 @@ def teacher_judgement(teacher, task, video, k: int, passed: bool) -> dict[str, A
 
 # ------------------------------------------------------------------ executors
 def run_local(cfg: BenchConfig, instances: Sequence[Instance], store: ResultsStore,
-              on_row: Callable[[dict[str, Any]], None], on_skip: Callable[[Instance], None] | None = None) -> None:
+              on_row: Callable[[dict[str, Any]], None], on_skip: Callable[[Instance], None] | None = None,
+              suite=None) -> None:
     """One process, one instance at a time; claims make parallel bench processes safe."""
-    runner = InstanceRunner(cfg)
+    runner = InstanceRunner(cfg, suite)
     worker = default_worker_id()
     for inst in instances:
         if not store.claim(inst.key, worker, retry_failed=cfg.retry_failed):
@@ -518,7 +520,7 @@ def run_bench(cfg: BenchConfig, *, executor: str = "local", workers: int | None 
     try:
         if todo:
             if executor == "local":
-                run_local(cfg, todo, store, on_row, on_skip)
+                run_local(cfg, todo, store, on_row, on_skip, suite=suite)
             else:
                 run_ray(cfg, todo, store, on_row, workers=workers, address=ray_address, init_kwargs=ray_init,
                         on_dispatch=on_dispatch, on_skip=on_skip)
@@ -538,8 +540,10 @@ def _record_invocation(cfg: BenchConfig, argv: Sequence[str] | None, executor: s
              "executor": executor, "workers": workers, "suite": cfg.suite, "methods": cfg.methods,
              "seeds": cfg.seeds, "limit": cfg.limit, "tto": cfg.tto, "frames": cfg.num_frames,
              "reasoner": str(cfg.reasoner_path()), "machine": machine_info()}
+    entry["models"] = {"reasoner": model_id(cfg.reasoner_path())}
     try:
         entry["teacher"] = str(cfg.teacher_path())
+        entry["models"]["teacher"] = model_id(cfg.teacher_path())
     except UserError:
         entry["teacher"] = None
     runs.append(entry)

@@ -437,6 +437,18 @@ def bench_machines(bench_dir: Path) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
+def bench_models(bench_dir: Path) -> list[str]:
+    """The model identities (``bench.model_id``) the recorded runs used."""
+    from .bench import RECORD_NAME
+
+    try:
+        runs = json.loads((Path(bench_dir) / RECORD_NAME).read_text()).get("runs", [])
+    except (OSError, ValueError):
+        return []
+    found = [", ".join(f"{k} {v}" for k, v in sorted((r.get("models") or {}).items())) for r in runs]
+    return list(dict.fromkeys(f for f in found if f))
+
+
 def bench_commands(bench_dir: Path) -> list[str]:
     """The distinct command lines recorded in ``bench.json``, in order."""
     from .bench import RECORD_NAME
@@ -505,6 +517,9 @@ def markdown_report(bench_dir: str | os.PathLike, title: str | None = None) -> s
     machines = bench_machines(bench_dir)
     if machines:
         lines += ["Machine: " + "; ".join(machines), ""]
+    models = bench_models(bench_dir)
+    if models:
+        lines += ["Models (folder name-content hash): " + "; ".join(models), ""]
     points = teacher_points(label_rows(rows))
     lines.append(markdown_tables(rows))
     if len(points) >= 2:
