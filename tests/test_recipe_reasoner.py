@@ -53,11 +53,12 @@ def test_recipe_writes_a_loadable_wan_folder(straight_run):
     assert (defaults["num_frames"], defaults["height"], defaults["width"], defaults["steps"], defaults["fps"]) \
         == (9, 96, 96, 4, 8)
     reasoner = load_reasoner(folder)
+    assert reasoner.scale_temporal == 1  # the default --vae-temporal
     task = grid_tasks("test", n=1)[0]
     video = reasoner.generate(reasoner.prepare(task.prompt, task.first_frame(), seed=0))
     assert tuple(video.shape) == (9, 3, 96, 96)
     # latents_mean/std come from the data, not the placeholder zeros/ones
-    assert np.std(reasoner.vae.config.latents_std) > 0 or reasoner.vae.config.latents_std[0] != 1.0
+    assert reasoner.vae.config.latents_mean != [0.0] * 48 and reasoner.vae.config.latents_std != [1.0] * 48
     log = _log(straight_run)
     assert [r["step"] for r in log if r.get("stage") == "vae" and "loss" in r] == [1, 2]
     assert [r["step"] for r in log if r.get("stage") == "transformer" and "loss" in r] == [1, 2]
@@ -66,6 +67,20 @@ def test_recipe_writes_a_loadable_wan_folder(straight_run):
     assert metrics["training"]["dit_steps_done"] == 2
     card = (folder / "MODEL_CARD.md").read_text()
     assert metrics["training"]["command"] in card
+
+
+def test_wan22_temporal_compression_option(tmp_path):
+    """--vae-temporal 4 (Wan2.2's factor): 9 frames are 3 latent frames, and the folder still generates 9."""
+    from vlm_teacher.reasoner import load_reasoner
+    from vlm_teacher.suites.grid import grid_tasks
+
+    assert _train(tmp_path / "t4", "--vae-temporal", "4") == 0
+    reasoner = load_reasoner(tmp_path / "t4" / "model")
+    assert reasoner.scale_temporal == 4
+    task = grid_tasks("test", n=1)[0]
+    cond = reasoner.prepare(task.prompt, task.first_frame(), seed=0)
+    assert cond.noise.shape[2] == 3
+    assert tuple(reasoner.generate(cond).shape) == (9, 3, 96, 96)
 
 
 def test_diffusers_pipeline_loads_the_folder(straight_run):

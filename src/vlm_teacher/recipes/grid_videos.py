@@ -166,19 +166,20 @@ def random_grid_images(rng: np.random.Generator, count: int, cells: int) -> np.n
     return img[:, None]
 
 
-#: channels of the cell code: 6 background classes + 4 frames x (none, agent, box)
-CODE_CHANNELS = len(BACKGROUND_CLASSES) + 4 * 3
+def code_channels(temporal: int) -> int:
+    """Channels of the cell code: 6 background classes + ``temporal`` frames x (none, agent, box)."""
+    return len(BACKGROUND_CLASSES) + 3 * temporal
 
 
 def cell_codes(video: np.ndarray, temporal: int = 4) -> np.ndarray:
     """The symbolic content of a clean rendered video as a latent-shaped code.
 
-    (T, H, W, 3) uint8 -> (CODE_CHANNELS, latent frames, n, n) float32 in {-1, 1}:
+    (T, H, W, 3) uint8 -> (code_channels(temporal), latent frames, n, n) float32 in {-1, 1}:
     per cell, the background class (one-hot over BACKGROUND_CLASSES, read at the
     cell's border) and, for each of the ``temporal`` pixel frames a latent frame
     covers (frame 0 alone for latent frame 0, then 4j-3..4j), whether the cell
     shows nothing, the agent or the box (read at the centre). The VAE is trained
-    to put this code in its first CODE_CHANNELS latent channels, which makes it
+    to put this code in its first latent channels, which makes it
     learn in minutes instead of hours and gives the transformer near-symbolic
     latents. Exact for renders of this suite (flat palette colours)."""
     T, H, _, _ = video.shape
@@ -191,7 +192,7 @@ def cell_codes(video: np.ndarray, temporal: int = 4) -> np.ndarray:
     obj[(centre == PALETTE["agent"]).all(-1)] = 1
     obj[(centre == PALETTE["box"]).all(-1)] = 2
     latent_frames = (T - 1) // temporal + 1
-    out = np.empty((CODE_CHANNELS, latent_frames, n, n), dtype=np.float32)
+    out = np.empty((code_channels(temporal), latent_frames, n, n), dtype=np.float32)
     eye_bg, eye_obj = np.eye(len(BACKGROUND_CLASSES), dtype=np.float32), np.eye(3, dtype=np.float32)
     for j in range(latent_frames):
         frames = [0] * temporal if j == 0 else list(range(temporal * j - temporal + 1, temporal * j + 1))
