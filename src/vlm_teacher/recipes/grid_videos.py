@@ -21,7 +21,7 @@ import numpy as np
 
 from ..suites.grid import CORRUPTIONS, MOVES, GridTask, corrupt, grid_tasks
 from ..suites.grid.generate import IN_DOMAIN_GOALS
-from ..suites.grid.render import BACKGROUND_CLASSES, CELL, OBJECT, PALETTE, draw_object, render_background
+from ..suites.grid.render import BACKGROUND_CLASSES, CELL, OBJECT, PALETTE, render_objects
 from ..suites.grid.state import add
 
 #: VAE batch mix: (source, probability)
@@ -71,15 +71,6 @@ def transformer_samples(tasks: list[GridTask], num_frames: int = 9) -> list[Samp
     return out
 
 
-def _draw(task: GridTask, agent, box) -> np.ndarray:
-    img = render_background(task.state)
-    if box is not None:
-        draw_object(img, box, "box")
-    if agent is not None:
-        draw_object(img, agent, "agent")
-    return img
-
-
 def random_walk(task: GridTask, rng: np.random.Generator, num_frames: int | None = None) -> np.ndarray:
     """A video from the task's first frame where the agent wanders: mostly legal
     moves, sometimes into walls or two cells at once, sometimes invisible for a
@@ -87,7 +78,7 @@ def random_walk(task: GridTask, rng: np.random.Generator, num_frames: int | None
     s = task.state
     T = task.num_frames if num_frames is None else num_frames
     agent, box = s.agent, s.box
-    frames = [_draw(task, agent, box)]
+    frames = [render_objects(task.state, agent, box)]
     for _ in range(1, T):
         r = rng.random()
         d = _MOVE_LIST[int(rng.integers(4))]
@@ -110,7 +101,7 @@ def random_walk(task: GridTask, rng: np.random.Generator, num_frames: int | None
             if s.in_bounds(q) and q != agent:
                 box = q
         hide = rng.random() < 0.05
-        frames.append(_draw(task, None if hide else agent, box))
+        frames.append(render_objects(task.state, None if hide else agent, box))
     return np.stack(frames)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from ...errors import UserError
 from ...task import Task
 from .generate import GridTask
-from .render import draw_object, render_background
+from .render import render_objects
 from .solve import bfs
 from .state import MOVES, GridState, Pos, add, manhattan
 from .verify import as_grid_task, read_states, to_grid_resolution
@@ -66,17 +66,8 @@ def corrupt(task: GridTask | Task | dict[str, Any], video: np.ndarray, kind: str
     out = video.copy()
     for t, (old, cur) in enumerate(zip(traj, new)):
         if old != cur:
-            out[t] = _draw(g, *cur)
+            out[t] = render_objects(g.state, *cur)
     return out
-
-
-def _draw(g: GridTask, agent: Pos | None, box: Pos | None) -> np.ndarray:
-    img = render_background(g.state)
-    if box is not None:
-        draw_object(img, box, "box")
-    if agent is not None:
-        draw_object(img, agent, "agent")
-    return img
 
 
 def _at(g: GridTask, frame: Frame) -> GridState:

@@ -67,10 +67,17 @@ def draw_object(img: np.ndarray, cell: tuple[int, int], kind: str) -> None:
 
 def render_state(state: GridState) -> np.ndarray:
     """(16n, 16n, 3) uint8 RGB image of ``state``."""
+    return render_objects(state, state.agent, state.box)
+
+
+def render_objects(state: GridState, agent: tuple[int, int] | None, box: tuple[int, int] | None) -> np.ndarray:
+    """``state``'s walls and targets with the agent and box drawn where given
+    (None leaves one out: corrupted and synthetic videos draw what the state's rules forbid)."""
     img = render_background(state)
-    if state.box is not None:
-        draw_object(img, state.box, "box")
-    draw_object(img, state.agent, "agent")
+    if box is not None:
+        draw_object(img, box, "box")
+    if agent is not None:
+        draw_object(img, agent, "agent")
     return img
 
 
