@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -338,6 +339,36 @@ def test_ray_workers_give_the_same_rows_as_local_and_survive_a_dead_worker(tmp_p
     assert table(remote) == table(local)
     with open_store(remote.out) as store:
         assert all(r["attempts"] == 1 for r in store.rows())
+
+
+@pytest.mark.slow
+def test_ray_instance_timeout_records_a_failed_row_and_the_run_goes_on(tmp_path, tiny_wan_dir, tiny_qwen25_dir):
+    """A hung instance must not stall a benchmark: past --instance-timeout its actor is
+    stopped and the instance becomes a failed row naming the limit; a later run with a
+    generous limit and --retry-failed finishes it."""
+    import ray
+
+    cfg = _cfg(tmp_path / "ray", tiny_wan_dir, tiny_qwen25_dir, methods=["frozen"])
+    summary = run_bench(cfg, executor="ray", workers=1, progress=False, ray_init={"num_cpus": 1},
+                        instance_timeout=0.05)  # less than loading the models on a fresh actor
+    assert (summary.ran, summary.failed) == (2, 2) and not ray.is_initialized()
+    with open_store(cfg.out) as store:
+        rows = list(store.rows())
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("instance time limit (0.05 s, --instance-timeout)" in r["error"] for r in rows)
+    retry = replace(cfg, retry_failed=True)
+    summary = run_bench(retry, executor="ray", workers=1, progress=False, ray_init={"num_cpus": 1},
+                        instance_timeout=600)
+    assert (summary.ran, summary.failed) == (2, 0)
+
+
+def test_instance_timeout_is_refused_for_the_local_executor(tmp_path, tiny_wan_dir, tiny_qwen25_dir):
+    cfg = _cfg(tmp_path / "b", tiny_wan_dir, tiny_qwen25_dir, methods=["frozen"])
+    with pytest.raises(UserError, match="--instance-timeout needs --executor ray"):
+        run_bench(cfg, progress=False, instance_timeout=10)
+    with pytest.raises(UserError, match="must be > 0"):
+        run_bench(cfg, executor="ray", progress=False, instance_timeout=0)
+    assert not (cfg.out / "results.sqlite").exists()
 
 
 def test_report_of_a_real_bench_folder(grid_bench):

@@ -378,10 +378,15 @@ class _RayWorker:
 def run_ray(cfg: BenchConfig, instances: Sequence[Instance], store: ResultsStore,
             on_row: Callable[[dict[str, Any]], None], *, workers: int | None = None, address: str | None = None,
             init_kwargs: dict[str, Any] | None = None, max_retries: int = 2,
+            instance_timeout: float | None = None,
             on_dispatch: Callable[[Any, Instance], None] | None = None,
             on_skip: Callable[[Instance], None] | None = None) -> None:
     """Spread instances over Ray actors; the driver claims keys and writes every row.
 
+    ``instance_timeout`` (seconds from dispatch, model loading on a fresh actor
+    included): an instance still running then has its actor killed and becomes a
+    ``failed`` row naming the limit (``--retry-failed`` runs it again), so one hung
+    instance or an actor that is never scheduled cannot stall a whole benchmark.
     ``on_dispatch(actor, instance)`` is called when an instance is sent to an actor
     (tests use it to kill an actor mid-run).
     """
@@ -412,6 +417,7 @@ def run_ray(cfg: BenchConfig, instances: Sequence[Instance], store: ResultsStore
         deaths: dict[Key, int] = {}
         idle = [actor_cls.remote(cfg) for _ in range(min(n, len(queue)))]
         running: dict[Any, tuple[Any, Instance]] = {}
+        dispatched: dict[Any, float] = {}  # ref -> time.monotonic() at dispatch
         while queue or running:
             while idle and queue:
                 inst = queue.pop(0)
@@ -424,12 +430,33 @@ def run_ray(cfg: BenchConfig, instances: Sequence[Instance], store: ResultsStore
                 actor = idle.pop()
                 ref = actor.run.remote(inst)
                 running[ref] = (actor, inst)
+                dispatched[ref] = time.monotonic()
                 if on_dispatch is not None:
                     on_dispatch(actor, inst)
             if not running:
                 break
-            done, _ = ray.wait(list(running), num_returns=1)
+            wait_s = None
+            if instance_timeout is not None:
+                wait_s = max(0.0, min(dispatched[r] for r in running) + instance_timeout - time.monotonic())
+            done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
+            if not done:  # the oldest instance ran out of time: its actor goes, a fresh one takes its place
+                ref = min(running, key=dispatched.__getitem__)
+                actor, inst = running.pop(ref)
+                dispatched.pop(ref)
+                ray.kill(actor, no_restart=True)
+                log.warning("%s %s seed %s: no result after %.0f s, its Ray worker was stopped", inst.method,
+                            inst.task_id, inst.seed, instance_timeout)
+                row = {**inst.key._asdict(), "status": "failed",
+                       "error": f"no result within the instance time limit ({instance_timeout:g} s, "
+                                f"--instance-timeout); rerun with --retry-failed to try it again",
+                       "extra": {"run_dir": inst.run_dir}}
+                store.put(row)
+                held.pop(inst.key, None)
+                on_row(row)
+                idle.append(actor_cls.remote(cfg))
+                continue
             actor, inst = running.pop(done[0])
+            dispatched.pop(done[0])
             try:
                 row = ray.get(done[0])
             except RayActorError as exc:
@@ -483,7 +510,8 @@ def open_store(out: str | os.PathLike) -> ResultsStore:
 
 def run_bench(cfg: BenchConfig, *, executor: str = "local", workers: int | None = None,
               ray_address: str | None = None, ray_init: dict[str, Any] | None = None, progress: bool = True,
-              argv: Sequence[str] | None = None, on_dispatch=None) -> BenchSummary:
+              argv: Sequence[str] | None = None, on_dispatch=None,
+              instance_timeout: float | None = None) -> BenchSummary:
     """Plan, skip what is done, run the rest with ``executor``; returns counts."""
     from tqdm.auto import tqdm
 
@@ -491,6 +519,11 @@ def run_bench(cfg: BenchConfig, *, executor: str = "local", workers: int | None 
         raise UserError(f"unknown executor {executor!r}; use {' or '.join(EXECUTORS)}")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    if instance_timeout is not None and instance_timeout <= 0:
+        raise UserError(f"--instance-timeout must be > 0 seconds, got {instance_timeout:g}")
+    if executor == "local" and instance_timeout is not None:
+        raise UserError("--instance-timeout needs --executor ray (the local executor runs instances in its own "
+                        "process and cannot stop one; stop the process and resume instead)")
     if executor == "local" and workers not in (None, 1):
         raise UserError("--workers is for --executor ray; with the local executor start several bench processes "
                         "on the same --out instead (they share the work through claims)")
@@ -523,7 +556,7 @@ def run_bench(cfg: BenchConfig, *, executor: str = "local", workers: int | None 
                 run_local(cfg, todo, store, on_row, on_skip, suite=suite)
             else:
                 run_ray(cfg, todo, store, on_row, workers=workers, address=ray_address, init_kwargs=ray_init,
-                        on_dispatch=on_dispatch, on_skip=on_skip)
+                        instance_timeout=instance_timeout, on_dispatch=on_dispatch, on_skip=on_skip)
     finally:
         bar.close()
         store.close()

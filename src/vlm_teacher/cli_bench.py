@@ -66,7 +66,8 @@ def cmd_bench(args) -> int:
                       dtype=args.dtype, tto=tto, num_frames=args.frames, judge=judge, retry_failed=args.retry_failed,
                       teacher_eval=not args.no_teacher_eval, quiet_libraries=not args.verbose)
     summary = run_bench(cfg, executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-                        progress=not args.quiet, argv=["vlm-teacher", *sys.argv[1:]])
+                        progress=not args.quiet, argv=["vlm-teacher", *sys.argv[1:]],
+                        instance_timeout=args.instance_timeout)
     print(summary.line())
     if args.vbvr_results is not None:
         print(f"imported {import_vbvr_results(args.out, args.vbvr_results)} VBVR scores from {args.vbvr_results}")
@@ -98,6 +99,9 @@ def add_bench_commands(sub) -> None:
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else 1)")
     p.add_argument("--ray-address", default=None, help="connect to a running Ray cluster (default: start one)")
+    p.add_argument("--instance-timeout", type=float, default=None, metavar="SECONDS",
+                   help="Ray: an instance with no result this long after dispatch (model loading included) is "
+                        "stopped and recorded as failed (default: no limit)")
     p.add_argument("--reasoner", type=Path, default=None, help="Wan pipeline folder (default: the embedded model)")
     p.add_argument("--teacher", type=Path, default=None, help="Qwen-VL folder (default: the embedded model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
