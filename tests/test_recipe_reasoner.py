@@ -149,3 +149,27 @@ def test_shipped_embedded_reasoner_generates_a_grid_video():
     video = reasoner.generate(reasoner.prepare(task.prompt, task.first_frame(), seed=0))
     assert tuple(video.shape) == (9, 3, 96, 96)
     assert 0.0 <= verify(task, to_uint8(video)).score <= 1.0
+
+
+def test_object_weights_mark_where_the_agent_is_and_just_was():
+    """The transformer's loss weights come from the cell code: up-weighted exactly on
+    the cells the agent (or box) occupies in a frame or left in the frame before."""
+    import torch
+
+    from vlm_teacher.recipes.grid_reasoner import object_weights
+    from vlm_teacher.recipes.grid_videos import cell_codes
+    from vlm_teacher.suites.grid import grid_tasks
+
+    task = grid_tasks("test", n=1, families=("maze",))[0]
+    code = torch.from_numpy(cell_codes(task.video(), temporal=1))[None]  # stands in for a perfect encoder
+    latents = torch.cat([code, torch.zeros(1, 48 - code.shape[1], *code.shape[2:])], dim=1)
+    w = object_weights(latents, temporal=1, weight=8.0)[0, 0]
+    states = task.states()
+    for t in range(w.shape[0]):
+        now = states[min(t, len(states) - 1)].agent
+        before = states[min(max(t - 1, 0), len(states) - 1)].agent
+        expected = {now, before}
+        marked = {tuple(map(int, rc)) for rc in torch.nonzero(w[t] > 1)}
+        assert marked == expected, (t, marked, expected)
+    assert set(torch.unique(w).tolist()) == {1.0, 9.0}
+    assert torch.equal(object_weights(latents, temporal=1, weight=0.0), torch.ones_like(w)[None, None])
