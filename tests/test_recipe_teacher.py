@@ -133,13 +133,30 @@ def embedded_teacher():
 
 
 @shipped
-@pytest.mark.xfail(strict=False, reason="the shipped teacher parses but names the wrong goal colour on most tasks "
-                                        "(query figures in embedded/grid-qwen/MODEL_CARD.md); retrain it")
 def test_embedded_teacher_writes_the_task_questions(embedded_teacher):
     for task in grid_tasks("test", 3):
         q = embedded_teacher.propose_queries(task.prompt, task.first_frame())
         assert q.source == "teacher", task.id
         assert task.goal_colour in q.goal, (task.id, q.goal)
+
+
+def test_a_continued_teacher_records_every_run_that_made_it(tmp_path):
+    """--init-from chains: the card of a continued teacher must list the commands of all
+    earlier runs (read from each folder's eval.json), so the chain can be remade."""
+    from vlm_teacher.recipes.grid_teacher import init_lineage
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, command, lineage in ((first, "vlm-teacher train teacher --out first", []),
+                                     (second, "vlm-teacher train teacher --out second --init-from first",
+                                      init_lineage(tmp_path / "first_missing"))):
+        folder.mkdir()
+        (folder / "eval.json").write_text(json.dumps({"training": {
+            "command": command, "steps": 10, "train_seconds": 1.0, "reasoner": None, "lineage": lineage}}))
+    chain = init_lineage(second)
+    assert [r["command"] for r in chain] == ["vlm-teacher train teacher --out second --init-from first", None]
+    assert "no eval.json training record" in chain[1]["note"]
+    assert init_lineage(None) == [] and [r["command"] for r in init_lineage(first)] == [
+        "vlm-teacher train teacher --out first"]
 
 
 @shipped

@@ -49,6 +49,20 @@ LOG_NAME = "train_log.jsonl"
 EVAL_NAME = "eval.json"
 
 
+def init_lineage(init_from: Path | None) -> list[dict[str, Any]]:
+    """The runs that made an ``--init-from`` folder, newest first, from its eval.json:
+    a continued teacher's card lists every command needed to remake it."""
+    if init_from is None:
+        return []
+    try:
+        tr = json.loads((Path(init_from) / EVAL_NAME).read_text(encoding="utf-8"))["training"]
+    except (OSError, ValueError, KeyError):
+        return [{"command": None, "note": f"{init_from} has no {EVAL_NAME} training record"}]
+    run = {"command": tr.get("command"), "steps": tr.get("steps"), "train_seconds": tr.get("train_seconds"),
+           "reasoner": tr.get("reasoner")}
+    return [run, *tr.get("lineage", [])]
+
+
 # ---------------------------------------------------------------- arguments
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -684,6 +698,7 @@ def run(args) -> int:
         "reasoner": str(reasoner_dir) if reasoner_dir else None,
         "command": "vlm-teacher " + " ".join(sys.argv[1:]) if sys.argv and "vlm-teacher" in sys.argv[0] else None,
         "init_from": str(args.init_from) if args.init_from else None,
+        "lineage": init_lineage(args.init_from),
         "reasoner_train_videos": len(train_samples), "reasoner_eval_videos": len(eval_samples),
         "train_tasks_per_family": args.train_tasks, "seed": args.seed,
         "wall_seconds": round(time.monotonic() - t0, 1),

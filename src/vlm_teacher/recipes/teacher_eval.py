@@ -175,14 +175,20 @@ def write_model_card(folder: Path, figures: dict[str, Any], args) -> Path:
                                                          else " --no-reasoner"))
     L = ["# grid-qwen: the embedded teacher", "",
          "A small Qwen3-VL (transformers `Qwen3VLForConditionalGeneration`, built from config, patch 16 = one "
-         "grid cell) trained from scratch by `vlm_teacher.recipes.grid_teacher` on the built-in grid suite. "
+         f"grid cell) trained {'in several runs' if tr.get('init_from') else 'from scratch'} by "
+         "`vlm_teacher.recipes.grid_teacher` on the built-in grid suite. "
          "It writes the yes/no questions of a grid task and answers them about videos; the test-time loop "
          "differentiates its log P(\"Yes\") through the reasoner's preview frames. It knows nothing outside the "
          "grid suite.", "",
          "## How it was made", "",
          f"Command: `{cmd}` (2-core CPU machine shared with other jobs, torch {__import__('torch').__version__}).",
-         *([f"It started from the weights in `{tr['init_from']}`: " + " <- ".join(
-             f"`{c}`" for c in tr.get("lineage", [])) + "."] if tr.get("init_from") else []),
+         *([f"It continued from the weights in `{tr['init_from']}`, made by (earliest first; each run "
+            "continued from the one before, with `--init-from`):", "",
+            *[f"{i}. `{r['command'] or r.get('note', 'unknown command')}`"
+              + (f" ({r['steps']} steps, {r['train_seconds']} s of training, reasoner {r['reasoner'] or 'none'})"
+                 if r.get("steps") is not None else "")
+              for i, r in enumerate(reversed(tr.get("lineage", [])), 1)], ""]
+           if tr.get("init_from") else []),
          f"Steps: {tr['steps']} ({tr['train_seconds']} s of training, {tr['wall_seconds']} s in all). "
          f"Weights: {tr['weights_mb']} MB (safetensors, float32). "
          f"Reasoner: {tr['reasoner'] or 'none'} ({tr['reasoner_train_videos']} training videos, "
