@@ -152,3 +152,20 @@ def test_parse_comparison():
     assert parse_comparison("Better: B\nPrompt: Move right twice, then down.") == ("B", "Move right twice, then down.")
     assert parse_comparison("**Better:** video A\n**Prompt:** keep walls intact") == ("A", "keep walls intact")
     assert parse_comparison("no idea") == (None, None)
+
+
+def test_methods_generate_at_the_size_the_task_records(tiny_wan_dir):
+    """An 8x8 ood grid task is 128 px: methods must generate at that size, not at the
+    reasoner's default, or the verifier reads cells of the wrong size."""
+    from vlm_teacher.methods import MethodContext, get_method
+    from vlm_teacher.reasoner import load_reasoner
+    from vlm_teacher.suites.grid import grid_tasks
+
+    task = grid_tasks("ood", n=1, families=("maze",))[0].to_task()
+    assert (task.metadata["height"], task.metadata["width"]) == (128, 128)
+    ctx = MethodContext(reasoner=load_reasoner(tiny_wan_dir))
+    assert ctx.video_shape(task) == {"num_frames": task.metadata["num_frames"], "height": 128, "width": 128}
+    out = get_method("frozen").run(ctx, task, seed=0)
+    assert out.video.shape[1:3] == (128, 128) and len(out.video) == task.metadata["num_frames"]
+    ctx.num_frames = 5
+    assert ctx.video_shape(task)["num_frames"] == 5

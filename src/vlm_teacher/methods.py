@@ -135,11 +135,16 @@ class MethodContext:
     def fps(self) -> int:
         return int(getattr(self.reasoner, "fps", 8))
 
-    def frames_for(self, task: Task) -> int | None:
+    def video_shape(self, task: Task) -> dict[str, int]:
+        """``num_frames`` / ``height`` / ``width`` for ``reasoner.prepare``: the context's
+        frame count, else what the task's metadata asks for (a suite whose scorer reads
+        cells at a fixed size, like the grid's 8x8 ood tasks, records its video size);
+        what neither sets is left to the reasoner's defaults."""
+        meta = task.metadata or {}
+        shape = {k: meta.get(k) for k in ("num_frames", "height", "width")}
         if self.num_frames is not None:
-            return int(self.num_frames)
-        n = task.metadata.get("num_frames") if task.metadata else None
-        return int(n) if isinstance(n, int) and n > 0 else None
+            shape["num_frames"] = int(self.num_frames)
+        return {k: int(v) for k, v in shape.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
 
 
 # ---------------------------------------------------------------- measuring
@@ -246,7 +251,7 @@ class Method:
         """One frozen few-step sample: (F, 3, H, W) float in [0, 1]."""
         import torch
 
-        cond = ctx.reasoner.prepare(prompt, task.first_frame, seed, num_frames=ctx.frames_for(task))
+        cond = ctx.reasoner.prepare(prompt, task.first_frame, seed, **ctx.video_shape(task))
         with torch.no_grad():
             video = ctx.reasoner.generate(cond)
         counts["reasoner"] += sampler_steps(ctx.reasoner)
@@ -379,7 +384,7 @@ class TTO(Method):
         from .optimize import teach
 
         cfg = self.tto_config(ctx)
-        result = teach(ctx.reasoner, ctx.teacher, task, cfg, seed=seed, num_frames=ctx.frames_for(task),
+        result = teach(ctx.reasoner, ctx.teacher, task, cfg, seed=seed, **ctx.video_shape(task),
                        progress=ctx.progress)
         s = sampler_steps(ctx.reasoner)
         per_x0 = 1 if cfg.x0_mode == "first" else s

@@ -136,6 +136,8 @@ class GridTask:
             "goal_colour": self.goal_colour,
             "prompt": self.prompt,
             "num_frames": self.num_frames,
+            "height": self.state.n * CELL,  # the size the verifier reads cells at: 16 px per cell
+            "width": self.state.n * CELL,
             "solution": list(self.solution),
             "solution_length": len(self.solution),
             "ood_shift": list(SPLIT_SPECS[self.split].shift) if self.split in SPLIT_SPECS else [],
