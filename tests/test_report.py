@@ -70,6 +70,19 @@ def test_tables_group_methods_and_teachers(bench_dir):
     assert delta["tto_lam1"] == pytest.approx(0.75 - 1.0) and delta["tto [qwen-a]"] is None
 
 
+def test_ablation_change_is_paired_on_the_tasks_both_ran():
+    """An ablation run on a subset is compared with tto on that subset, not with
+    tto's mean over every task (which would credit the subset's difficulty)."""
+    from vlm_teacher.report import paired_delta
+
+    tto = [_row("a", "tto", 1.0), _row("b", "tto", 0.2), _row("c", "tto", 0.2)]
+    lam1 = [_row("a", "tto_lam1", 0.9), _row("d", "tto_lam1", 0.0), _row("b", "tto_lam1", 0.0, status="failed")]
+    assert paired_delta(lam1, tto) == pytest.approx(-0.1)  # only task a is shared and finished
+    assert paired_delta(lam1, []) is None
+    t = tables([*tto, *lam1])
+    assert {a["label"]: a["cells"]["grid:test"]["delta"] for a in t["ablations"]}["tto_lam1"] == pytest.approx(-0.1)
+
+
 def test_teacher_accuracy_against_gain(bench_dir):
     from vlm_teacher.report import label_rows, load_rows
 

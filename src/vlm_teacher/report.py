@@ -126,14 +126,25 @@ def tables(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                                                 tto_labels[0] if len(tto_labels) == 1 else None)
         entry = {"label": lab, "description": _describe(base), "cells": {}}
         for g in groups:
-            c, ref = cells.get((lab, g)), cells.get((ref_label, g)) if ref_label else None
+            c = cells.get((lab, g))
             if c is None:
                 continue
-            delta = None if (ref is None or c["score"] is None or ref["score"] is None or lab == ref_label) else \
-                c["score"] - ref["score"]
+            delta = None if (ref_label is None or lab == ref_label) else \
+                paired_delta(by[(lab, g)], by.get((ref_label, g), []))
             entry["cells"][g] = {**c, "delta": delta}
         ablations.append(entry)
     return {"labels": labels, "groups": groups, "cells": cells, "ablations": ablations, "rows": rows}
+
+
+def paired_delta(rows: Sequence[dict[str, Any]], ref_rows: Sequence[dict[str, Any]]) -> float | None:
+    """Mean score change against the reference on the instances (task, seed) both
+    finished: an ablation run on a few tasks is compared with tto on those tasks,
+    not with tto's mean over a larger set. None when they share no instance."""
+    ref = {(r["task_id"], r["seed"]): r["score"] for r in ref_rows
+           if r.get("status") == "done" and r.get("score") is not None}
+    diffs = [r["score"] - ref[(r["task_id"], r["seed"])] for r in rows
+             if r.get("status") == "done" and r.get("score") is not None and (r["task_id"], r["seed"]) in ref]
+    return sum(diffs) / len(diffs) if diffs else None
 
 
 def _describe(method: str) -> str:
@@ -187,7 +198,7 @@ def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
             if c is not None:
                 lines.append(f"| {lab} | " + " | ".join(_detail_cells(c)) + " |")
     if t["ablations"]:
-        lines += ["", "### Ablations (score, change vs tto, mean steps, seconds)", "",
+        lines += ["", "### Ablations (score, change vs tto on the same tasks, mean steps, seconds)", "",
                   "| variant | what changes | " + " | ".join(t["groups"]) + " |", "|---|---|" + "---:|" * len(t["groups"])]
         for a in t["ablations"]:
             cells = [_ablation_cell(a["cells"].get(g)) for g in t["groups"]]
