@@ -8,7 +8,7 @@ import json
 import pytest
 
 from vlm_teacher.cli import main
-from vlm_teacher.cli_demo import matched_n
+from vlm_teacher.cli_demo import matched_n, matching_note
 
 
 def test_matched_n_follows_the_wall_time_ratio():
@@ -18,6 +18,15 @@ def test_matched_n_follows_the_wall_time_ratio():
     assert matched_n(rows) == 2  # at least two candidates
     rows[1]["seconds"] = 1000.0
     assert matched_n(rows) == 16  # capped
+
+
+def test_the_demo_says_when_best_of_n_could_not_match_tto():
+    rows = [{"method": "frozen", "status": "done", "seconds": 2.0}, {"method": "tto", "status": "done", "seconds": 9.0}]
+    assert "matched to TTO's wall time (4.5x" in matching_note(rows, matched_n(rows))
+    rows[1]["seconds"] = 140.0
+    assert "capped at 16; TTO took 70x" in matching_note(rows, matched_n(rows))
+    rows[1]["seconds"] = 1.0
+    assert "at least 2 candidates" in matching_note(rows, matched_n(rows))
 
 
 @pytest.mark.slow

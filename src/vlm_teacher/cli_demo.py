@@ -50,6 +50,17 @@ def matched_n(rows: list[dict]) -> int:
     return max(MIN_N, min(MAX_N, round(ratio)))
 
 
+def matching_note(rows: list[dict], n: int) -> str:
+    """How well best-of-N's wall time matches TTO's (N is clipped to [MIN_N, MAX_N])."""
+    ratio = _mean_seconds(rows, "tto") / _mean_seconds(rows, "frozen")
+    if ratio > MAX_N + 0.5 and n == MAX_N:
+        return (f"best_of_n:{n}: N capped at {MAX_N}; TTO took {ratio:.0f}x a frozen sample's wall time, so "
+                f"best-of-N had less time than TTO.")
+    if ratio < MIN_N - 0.5 and n == MIN_N:
+        return f"best_of_n:{n}: at least {MIN_N} candidates; TTO took only {ratio:.1f}x a frozen sample's wall time."
+    return f"best_of_n:{n}: N matched to TTO's wall time ({ratio:.1f}x a frozen sample's)."
+
+
 def summary_table(rows: list[dict]) -> str:
     """Plain-text table: one line per method."""
     order = []
@@ -92,7 +103,7 @@ def cmd_demo(args) -> int:
     report = write_report(out)
     print()
     print(summary_table(rows))
-    print(f"\nbest_of_n:{n}: N matched to TTO's wall time. Scores are the pixel verifier's, never the teacher's.")
+    print(f"\n{matching_note(rows, n)} Scores are the pixel verifier's, never the teacher's.")
     print(f"videos: {out / 'runs'}\nreport: {report}")
     return 0
 
