@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -71,3 +72,14 @@ def uniform_frame_indices(num_frames: int, k: int) -> list[int]:
     if k == 1:
         return [num_frames - 1]
     return sorted({round(i * (num_frames - 1) / (k - 1)) for i in range(k)})
+
+
+@functools.lru_cache(maxsize=256)
+def _device_index(indices: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(indices, dtype=torch.long, device=device)
+
+
+def device_index(indices: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Frame indices as a long tensor on ``device``, made once per (indices, device): indexing a
+    GPU tensor with a Python list copies the list to the device, a host-device sync, every step."""
+    return _device_index(tuple(int(i) for i in indices), torch.device(device))

@@ -31,7 +31,6 @@ upsampling, time split and output convolutions for the requested frames only.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -40,19 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .base import device_index
 
 DEFAULT_WIDTHS = (256, 128, 64, 64)
-
-
-@functools.lru_cache(maxsize=256)
-def _device_index(indices: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    return torch.tensor(indices, dtype=torch.long, device=device)
-
-
-def device_index(indices: Sequence[int], device: torch.device) -> torch.Tensor:
-    """Frame indices as a long tensor on ``device``, made once per (indices, device): indexing a
-    GPU tensor with a Python list copies the list to the device, a host-device sync, every step."""
-    return _device_index(tuple(int(i) for i in indices), torch.device(device))
 
 
 def _conv(n_in: int, n_out: int, bias: bool = True) -> nn.Conv2d:

@@ -36,7 +36,7 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_path, write_json
-from .base import X0_MODES, Conditioning
+from .base import X0_MODES, Conditioning, device_index
 
 #: model_index.json ``_class_name`` values this adapter accepts. Concat-style
 #: image-to-video checkpoints (Wan2.1 I2V, in_channels 36) are refused later by a
@@ -595,8 +595,6 @@ class WanReasoner:
             video = self._decode_checkpointed(z)
         else:
             video = self.vae.decode(z, return_dict=False)[0]
-        from .surrogate import device_index
-
         frames = video[0].transpose(0, 1).index_select(0, device_index(indices, video.device))  # (K, 3, H, W)
         return (frames.float() + 1.0) / 2.0
 
