@@ -429,14 +429,19 @@ def _commands_html(bench_dir: Path) -> str:
     return "<p class=small>Produced by:</p><pre>" + html.escape("\n".join(cmds)) + "</pre>"
 
 
-def bench_machines(bench_dir: Path) -> list[str]:
-    """One line per distinct machine the recorded bench runs used."""
+def _recorded_runs(bench_dir: Path) -> list[dict[str, Any]]:
+    """The invocations ``bench.json`` records (none if it is missing or unreadable)."""
     from .bench import RECORD_NAME
 
     try:
-        runs = json.loads((Path(bench_dir) / RECORD_NAME).read_text()).get("runs", [])
+        return json.loads((Path(bench_dir) / RECORD_NAME).read_text()).get("runs", [])
     except (OSError, ValueError):
         return []
+
+
+def bench_machines(bench_dir: Path) -> list[str]:
+    """One line per distinct machine the recorded bench runs used."""
+    runs = _recorded_runs(bench_dir)
     lines = []
     for r in runs:
         m = r.get("machine") or {}
@@ -450,24 +455,14 @@ def bench_machines(bench_dir: Path) -> list[str]:
 
 def bench_models(bench_dir: Path) -> list[str]:
     """The model identities (``bench.model_id``) the recorded runs used."""
-    from .bench import RECORD_NAME
-
-    try:
-        runs = json.loads((Path(bench_dir) / RECORD_NAME).read_text()).get("runs", [])
-    except (OSError, ValueError):
-        return []
+    runs = _recorded_runs(bench_dir)
     found = [", ".join(f"{k} {v}" for k, v in sorted((r.get("models") or {}).items())) for r in runs]
     return list(dict.fromkeys(f for f in found if f))
 
 
 def bench_commands(bench_dir: Path) -> list[str]:
     """The distinct command lines recorded in ``bench.json``, in order."""
-    from .bench import RECORD_NAME
-
-    try:
-        runs = json.loads((Path(bench_dir) / RECORD_NAME).read_text()).get("runs", [])
-    except (OSError, ValueError):
-        return []
+    runs = _recorded_runs(bench_dir)
     cmds = [" ".join(_quote(a) for a in r["argv"]) for r in runs if r.get("argv")]
     return list(dict.fromkeys(cmds))
 
