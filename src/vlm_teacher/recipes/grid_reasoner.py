@@ -501,11 +501,9 @@ def object_weights(latents: torch.Tensor, temporal: int, weight: float) -> torch
     leaves). Read from the latent's cell-code channels (``grid_videos.cell_codes``:
     per covered pixel frame, one-hot none / agent / box after the background
     classes), which the VAE stage trained the encoder to write."""
-    from ..suites.grid.render import BACKGROUND_CLASSES
+    from .grid_videos import object_code_channels
 
-    first = len(BACKGROUND_CLASSES)
-    channels = [first + 3 * k + j for k in range(temporal) for j in (1, 2)]  # agent, box of each covered frame
-    present = (latents[:, channels] > 0).any(dim=1, keepdim=True)
+    present = (latents[:, object_code_channels(temporal)] > 0).any(dim=1, keepdim=True)
     before = torch.cat([present[:, :, :1], present[:, :, :-1]], dim=2)
     return 1.0 + weight * (present | before).float()
 

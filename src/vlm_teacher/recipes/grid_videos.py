@@ -157,9 +157,30 @@ def random_grid_images(rng: np.random.Generator, count: int, cells: int) -> np.n
     return img[:, None]
 
 
+#: per covered frame, the cell code's object one-hot: none, agent, box
+CODE_OBJECTS = ("none", "agent", "box")
+
+
 def code_channels(temporal: int) -> int:
-    """Channels of the cell code: 6 background classes + ``temporal`` frames x (none, agent, box)."""
-    return len(BACKGROUND_CLASSES) + 3 * temporal
+    """Channels of the cell code: 6 background classes + ``temporal`` frames x CODE_OBJECTS."""
+    return len(BACKGROUND_CLASSES) + len(CODE_OBJECTS) * temporal
+
+
+def object_code_channels(temporal: int) -> list[int]:
+    """The cell code's agent and box channels, for every pixel frame a latent frame covers."""
+    first, k = len(BACKGROUND_CLASSES), len(CODE_OBJECTS)
+    return [first + k * f + CODE_OBJECTS.index(o) for f in range(temporal) for o in ("agent", "box")]
+
+
+def object_classes(video: np.ndarray, cell_px: int = CELL) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, n, n) index into CODE_OBJECTS, read at each cell's centre
+    (exact for renders of this suite: flat palette colours)."""
+    n = video.shape[1] // cell_px
+    centre = video[:, cell_px // 2::cell_px, cell_px // 2::cell_px][:, :n, :n]
+    out = np.zeros(centre.shape[:3], dtype=np.int64)
+    for i, name in enumerate(CODE_OBJECTS[1:], 1):
+        out[(centre == PALETTE[name]).all(-1)] = i
+    return out
 
 
 def cell_codes(video: np.ndarray, temporal: int = 4) -> np.ndarray:
@@ -176,15 +197,12 @@ def cell_codes(video: np.ndarray, temporal: int = 4) -> np.ndarray:
     T, H, _, _ = video.shape
     n = H // CELL
     ring = video[:, 1::CELL, 1::CELL].astype(np.int32)[:, :n, :n]  # (T, n, n, 3)
-    centre = video[:, CELL // 2::CELL, CELL // 2::CELL].astype(np.int32)[:, :n, :n]
     bg_rgb = np.array([PALETTE[k] for k in BACKGROUND_CLASSES], dtype=np.int32)
     bg = np.abs(ring[..., None, :] - bg_rgb).sum(-1).argmin(-1)  # (T, n, n)
-    obj = np.zeros((T, n, n), dtype=np.int64)
-    obj[(centre == PALETTE["agent"]).all(-1)] = 1
-    obj[(centre == PALETTE["box"]).all(-1)] = 2
+    obj = object_classes(video)
     latent_frames = (T - 1) // temporal + 1
     out = np.empty((code_channels(temporal), latent_frames, n, n), dtype=np.float32)
-    eye_bg, eye_obj = np.eye(len(BACKGROUND_CLASSES), dtype=np.float32), np.eye(3, dtype=np.float32)
+    eye_bg, eye_obj = np.eye(len(BACKGROUND_CLASSES), dtype=np.float32), np.eye(len(CODE_OBJECTS), dtype=np.float32)
     for j in range(latent_frames):
         frames = [0] * temporal if j == 0 else list(range(temporal * j - temporal + 1, temporal * j + 1))
         parts = [eye_bg[bg[frames[0]]]] + [eye_obj[obj[f]] for f in frames]  # each (n, n, k)
@@ -204,8 +222,7 @@ def crop_cells(video: np.ndarray, cells: int, rng: np.random.Generator, cell_px:
         return video
     lo, hi = np.zeros(2, dtype=int), np.full(2, n - cells)
     if focus:
-        centre = video[:, cell_px // 2::cell_px, cell_px // 2::cell_px][:, :n, :n]
-        hits = np.argwhere((centre == PALETTE["agent"]).all(-1) | (centre == PALETTE["box"]).all(-1))
+        hits = np.argwhere(object_classes(video, cell_px) > 0)
         if len(hits):
             _, r, c = hits[int(rng.integers(len(hits)))]
             lo = np.maximum(0, np.array([r, c]) - cells + 1)
