@@ -123,6 +123,7 @@ class GridTask:
 
     def to_metadata(self) -> dict[str, Any]:
         """JSON-serialisable record holding everything the verifier needs."""
+        height, width = self.resolution  # the size the verifier reads cells at: 16 px per cell
         return {
             "suite": "grid",
             "version": SCHEMA_VERSION,
@@ -136,8 +137,8 @@ class GridTask:
             "goal_colour": self.goal_colour,
             "prompt": self.prompt,
             "num_frames": self.num_frames,
-            "height": self.state.n * CELL,  # the size the verifier reads cells at: 16 px per cell
-            "width": self.state.n * CELL,
+            "height": height,
+            "width": width,
             "solution": list(self.solution),
             "solution_length": len(self.solution),
             "ood_shift": list(SPLIT_SPECS[self.split].shift) if self.split in SPLIT_SPECS else [],
