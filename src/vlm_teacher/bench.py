@@ -375,6 +375,11 @@ class _RayWorker:
         return self.runner.run(inst)
 
 
+def _failed_row(inst: Instance, error: str) -> dict[str, Any]:
+    """The row of an instance that ended without a result of its own (its worker died or hung)."""
+    return {**inst.key._asdict(), "status": "failed", "error": error, "extra": {"run_dir": inst.run_dir}}
+
+
 def run_ray(cfg: BenchConfig, instances: Sequence[Instance], store: ResultsStore,
             on_row: Callable[[dict[str, Any]], None], *, workers: int | None = None, address: str | None = None,
             init_kwargs: dict[str, Any] | None = None, max_retries: int = 2,
@@ -446,31 +451,25 @@ def run_ray(cfg: BenchConfig, instances: Sequence[Instance], store: ResultsStore
                 ray.kill(actor, no_restart=True)
                 log.warning("%s %s seed %s: no result after %.0f s, its Ray worker was stopped", inst.method,
                             inst.task_id, inst.seed, instance_timeout)
-                row = {**inst.key._asdict(), "status": "failed",
-                       "error": f"no result within the instance time limit ({instance_timeout:g} s, "
-                                f"--instance-timeout); rerun with --retry-failed to try it again",
-                       "extra": {"run_dir": inst.run_dir}}
-                store.put(row)
-                held.pop(inst.key, None)
-                on_row(row)
-                idle.append(actor_cls.remote(cfg))
-                continue
-            actor, inst = running.pop(done[0])
-            dispatched.pop(done[0])
-            try:
-                row = ray.get(done[0])
-            except RayActorError as exc:
-                deaths[inst.key] = deaths.get(inst.key, 0) + 1
-                log.warning("Ray worker died while running %s %s seed %s (%d/%d): %s", inst.method, inst.task_id,
-                            inst.seed, deaths[inst.key], max_retries + 1, " ".join(str(exc).split())[:200])
-                if deaths[inst.key] > max_retries:
-                    row = {**inst.key._asdict(), "status": "failed",
-                           "error": f"the worker died {deaths[inst.key]} times running this instance",
-                           "extra": {"run_dir": inst.run_dir}}
-                else:
-                    queue.insert(0, inst)  # the claim is still ours: run it again, on a fresh actor
-                    row = None
+                row = _failed_row(inst, f"no result within the instance time limit ({instance_timeout:g} s, "
+                                        f"--instance-timeout); rerun with --retry-failed to try it again")
                 actor = actor_cls.remote(cfg)
+            else:
+                actor, inst = running.pop(done[0])
+                dispatched.pop(done[0])
+                try:
+                    row = ray.get(done[0])
+                except RayActorError as exc:
+                    deaths[inst.key] = deaths.get(inst.key, 0) + 1
+                    log.warning("Ray worker died while running %s %s seed %s (%d/%d): %s", inst.method,
+                                inst.task_id, inst.seed, deaths[inst.key], max_retries + 1,
+                                " ".join(str(exc).split())[:200])
+                    if deaths[inst.key] > max_retries:
+                        row = _failed_row(inst, f"the worker died {deaths[inst.key]} times running this instance")
+                    else:
+                        queue.insert(0, inst)  # the claim is still ours: run it again, on a fresh actor
+                        row = None
+                    actor = actor_cls.remote(cfg)
             if row is not None:
                 store.put(row)
                 held.pop(inst.key, None)
