@@ -386,3 +386,26 @@ def test_report_of_a_real_bench_folder(grid_bench):
     assert "| frozen |" in md and "| tto_generic |" in md and "pass rate" in md
     # where the figures come from: the machine and the models' identities, recorded by every bench run
     assert "Machine: Linux" in md and f"reasoner {Path(cfg.reasoner).name}-" in md
+
+
+def test_model_id_follows_weights_and_config_not_the_measured_figures(tmp_path):
+    """Re-measuring a model card (eval.json / metrics.json) must not orphan the stored rows;
+    a changed config or weight file must."""
+    from vlm_teacher.bench import MODEL_RECORD_FILES
+    from vlm_teacher.recipes.grid_reasoner import METRICS_NAME
+    from vlm_teacher.recipes.grid_teacher import EVAL_NAME
+
+    assert {METRICS_NAME, EVAL_NAME} <= MODEL_RECORD_FILES
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text('{"hidden_size": 8}')
+    (folder / "sub" / "model.safetensors").write_bytes(b"weights-a")
+    first = model_id(folder)
+    for name in (METRICS_NAME, EVAL_NAME):
+        (folder / name).write_text('{"pass_rate": 0.5}')
+    assert model_id(folder) == first
+    (folder / "config.json").write_text('{"hidden_size": 16}')
+    assert model_id(folder) != first
+    (folder / "config.json").write_text('{"hidden_size": 8}')
+    (folder / "sub" / "model.safetensors").write_bytes(b"weights-b")
+    assert model_id(folder) != first

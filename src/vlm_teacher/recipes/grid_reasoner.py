@@ -70,6 +70,7 @@ from ..errors import UserError
 from ..files import atomic_path, write_json, write_text
 
 STAGES = ("vae", "latents", "transformer", "done")
+METRICS_NAME = "metrics.json"  # the figures the card is generated from, beside the weights
 #: the model-shaping arguments; a resumed run must use the same ones
 ARCH_KEYS = ("seed", "train_tasks", "vae_base_dim", "vae_steps", "vae_batch", "vae_images", "vae_crop", "vae_lr",
              "vae_clip_crop", "vae_temporal",
@@ -835,7 +836,7 @@ def _run(args) -> int:
                                         for s in ("test", "ood")})
     metrics["training"]["eval_minutes"] = (time.time() - t_eval) / 60
     metrics["training"]["invocation_minutes"] = (time.time() - t_start) / 60
-    write_json(folder / "metrics.json", metrics)
+    write_json(folder / METRICS_NAME, metrics)
     write_text(folder / "MODEL_CARD.md", model_card(metrics))
     if args.export is not None:
         export = Path(args.export)
