@@ -44,3 +44,16 @@ def test_analytic_script_reports_the_flop_floor(tmp_path):
     assert flop["language"] < flop["language_rows"]
     (mem,) = data["memory_rows"]
     assert mem["surrogate"] < mem["vae_ckpt"] < mem["vae_nockpt"]
+
+
+@pytest.mark.slow
+def test_grid_diagnostics_script_writes_its_four_tables(tmp_path):
+    out = tmp_path / "diag"
+    _run("grid_diagnostics.py", "--tasks", "1", "--seeds", "2", "--shifts", "2", "--steps", "4", "--out", str(out))
+    md = out.with_suffix(".md").read_text()
+    for heading in ("Oracle pass@2", "Teacher mean P(Yes)", "Sampler sweep", "Fit: tasks seen in training"):
+        assert heading in md
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [r["task"] for r in data["rows"]] == ["maze-test-00000", "push-test-00000"]
+    assert all(0 <= r["passed"] <= 2 and 0.0 <= r["best_score"] <= 1.0 for r in data["rows"])
+    assert len(data["sampler"]) == 1 and len(data["fit"]) == 4
