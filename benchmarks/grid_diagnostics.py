@@ -12,7 +12,7 @@ Everything is judged by the pixel verifier; nothing here trains or changes a mod
 - ``fit``: the same on train tasks the reasoner was trained on vs held-out test tasks
   (does it fail to generalise, or to fit?).
 
-    python benchmarks/grid_diagnostics.py                      # embedded models, ~15 min on 1 CPU thread
+    python benchmarks/grid_diagnostics.py                      # embedded models, ~10 min on 1 CPU thread
     python benchmarks/grid_diagnostics.py --tasks 2 --seeds 2 --shifts 2 --steps 4 --out /tmp/d   # quick
 """
 
