@@ -31,9 +31,7 @@ import _common as C
 
 
 def _sample(reasoner, task, seed: int, *, steps: int | None = None):
-    h, w = task.resolution
-    cond = reasoner.prepare(task.prompt, task.first_frame(), seed, num_frames=task.num_frames, height=h, width=w,
-                            steps=steps)
+    cond = reasoner.prepare(task.prompt, task.first_frame(), seed, steps=steps, **task.video_shape())
     return reasoner.generate(cond)
 
 

@@ -44,15 +44,19 @@ def _mean_seconds(rows: list[dict], method: str) -> float:
     return sum(secs) / len(secs)
 
 
+def tto_time_ratio(rows: list[dict]) -> float:
+    """TTO's mean wall time per task in frozen samples' wall time."""
+    return _mean_seconds(rows, "tto") / _mean_seconds(rows, "frozen")
+
+
 def matched_n(rows: list[dict]) -> int:
     """Best-of-N candidates that cost about as much wall time as TTO did."""
-    ratio = _mean_seconds(rows, "tto") / _mean_seconds(rows, "frozen")
-    return max(MIN_N, min(MAX_N, round(ratio)))
+    return max(MIN_N, min(MAX_N, round(tto_time_ratio(rows))))
 
 
 def matching_note(rows: list[dict], n: int) -> str:
     """How well best-of-N's wall time matches TTO's (N is clipped to [MIN_N, MAX_N])."""
-    ratio = _mean_seconds(rows, "tto") / _mean_seconds(rows, "frozen")
+    ratio = tto_time_ratio(rows)
     if ratio > MAX_N + 0.5 and n == MAX_N:
         return (f"best_of_n:{n}: N capped at {MAX_N}; TTO took {ratio:.0f}x a frozen sample's wall time, so "
                 f"best-of-N had less time than TTO.")

@@ -160,7 +160,7 @@ def teach(
     """
     try:
         return _optimise(reasoner, teacher, task, config or TTOConfig(), seed=seed, queries=queries,
-                         size=(num_frames, height, width), progress=progress, on_step=on_step)
+                         num_frames=num_frames, height=height, width=width, progress=progress, on_step=on_step)
     except torch.OutOfMemoryError as exc:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -169,7 +169,7 @@ def teach(
 
 
 def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, *, seed: int,
-              queries: Queries | None, size: tuple[int | None, int | None, int | None], progress: bool,
+              queries: Queries | None, num_frames: int | None, height: int | None, width: int | None, progress: bool,
               on_step: Callable[[dict[str, Any]], None] | None) -> TTOResult:
     from tqdm.auto import tqdm
 
@@ -189,7 +189,6 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
             teacher_calls += 1
     t_queries = time.perf_counter()
 
-    num_frames, height, width = size
     cond = reasoner.prepare(task.prompt, task.first_frame, seed, num_frames=num_frames, height=height, width=width)
     frame_idx = uniform_frame_indices(cond.num_frames, cfg.num_frames_shown)
     params = reasoner.add_lora(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets, seed=seed)

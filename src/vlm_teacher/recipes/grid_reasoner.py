@@ -600,9 +600,7 @@ def evaluate(folder: Path, eval_tasks: int, seed: int = 0) -> dict[str, Any]:
             rec_u8 = to_uint8(rec)
             rec_mse.append(float(np.mean((rec_u8.astype(np.float32) / 255 - gt.astype(np.float32) / 255) ** 2)))
             rec_pass.append(verify(task, rec_u8).passed)
-            h, w = task.resolution
-            cond = reasoner.prepare(task.prompt, task.first_frame(), seed, num_frames=task.num_frames,
-                                    height=h, width=w)
+            cond = reasoner.prepare(task.prompt, task.first_frame(), seed, **task.video_shape())
             verdict = verify(task, to_uint8(reasoner.generate(cond)))
             rows.append({"id": task.id, "family": task.family, "passed": verdict.passed,
                          "score": round(verdict.score, 4), "reason": verdict.reason})
@@ -623,7 +621,7 @@ def evaluate(folder: Path, eval_tasks: int, seed: int = 0) -> dict[str, Any]:
     pairs = [c for t in grid_tasks("test", n=eval_tasks, families=("maze",)) for c in counterfactuals(t)]
     cf_rows = []
     for task in tqdm(pairs, desc="eval counterfactual", unit="task", dynamic_ncols=True):
-        cond = reasoner.prepare(task.prompt, task.first_frame(), seed, num_frames=task.num_frames)
+        cond = reasoner.prepare(task.prompt, task.first_frame(), seed, **task.video_shape())
         cf_rows.append(verify(task, to_uint8(reasoner.generate(cond))))
     result["counterfactual_test_maze"] = {
         "tasks": len(cf_rows),

@@ -171,8 +171,7 @@ def run_reasoner(reasoner: Any, task: GridTask, seed: int, shown: int = SHOWN_FR
     from ..video import to_uint8
 
     with torch.no_grad():
-        h, w = task.resolution  # ood tasks are 8x8 cells: 128 px, not the reasoner's default 96
-        cond = reasoner.prepare(task.prompt, task.first_frame(), seed, num_frames=task.num_frames, height=h, width=w)
+        cond = reasoner.prepare(task.prompt, task.first_frame(), seed, **task.video_shape())
         idx = uniform_frame_indices(cond.num_frames, shown)
         preview = reasoner.preview(reasoner.predict_x0(cond, mode="first"), idx)
         final = reasoner.generate(cond)

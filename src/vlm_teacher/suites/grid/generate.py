@@ -99,6 +99,12 @@ class GridTask:
         """(height, width) in pixels."""
         return (self.state.n * CELL, self.state.n * CELL)
 
+    def video_shape(self) -> dict[str, int]:
+        """``num_frames`` / ``height`` / ``width`` for ``reasoner.prepare``: the size the verifier
+        reads cells at (16 px per cell), so an 8x8 ood task is 128 px, not a reasoner's default."""
+        height, width = self.resolution
+        return {"num_frames": self.num_frames, "height": height, "width": width}
+
     def states(self) -> list[GridState]:
         """Initial state, then one state per move of the solution."""
         return self.state.run(self.solution)
@@ -123,7 +129,6 @@ class GridTask:
 
     def to_metadata(self) -> dict[str, Any]:
         """JSON-serialisable record holding everything the verifier needs."""
-        height, width = self.resolution  # the size the verifier reads cells at: 16 px per cell
         return {
             "suite": "grid",
             "version": SCHEMA_VERSION,
@@ -136,9 +141,7 @@ class GridTask:
             "state": self.state.to_dict(),
             "goal_colour": self.goal_colour,
             "prompt": self.prompt,
-            "num_frames": self.num_frames,
-            "height": height,
-            "width": width,
+            **self.video_shape(),
             "solution": list(self.solution),
             "solution_length": len(self.solution),
             "ood_shift": list(SPLIT_SPECS[self.split].shift) if self.split in SPLIT_SPECS else [],
