@@ -23,6 +23,9 @@ TINY = ["--vocab", "700", "--hidden", "32", "--layers", "1", "--heads", "2", "--
         "--vision-intermediate", "64", "--train-tasks", "3", "--batch", "2", "--warmup", "2", "--weight-scan", "40"]
 
 
+shipped = pytest.mark.skipif(not (TEACHER_DIR / "config.json").is_file(), reason="no embedded teacher shipped")
+
+
 def _train(out: Path, *extra: str) -> int:
     return main(["train", "teacher", "--out", str(out), "--work", str(out) + ".work", *TINY, *extra])
 
@@ -89,6 +92,44 @@ def test_recipe_end_to_end_with_a_reasoner(tmp_path, grid_wan_dir):
     assert p.shape == (3,) and bool(((p > 0) & (p < 1)).all())
     # the reasoner's videos were cached for a rerun
     assert len(list((Path(str(out) + ".work")).glob("reasoner-*/*.npz"))) == 2 + 8
+    # continued with adversarial examples from the test-time loop run against it
+    again = tmp_path / "again"
+    assert _train(again, "--reasoner", str(grid_wan_dir), "--init-from", str(out), "--steps", "2",
+                  "--reasoner-jobs", "2", "--eval-reasoner", "1", "--tto-jobs", "2", "--no-eval") == 0
+    assert len(list((Path(str(again) + ".work")).glob("tto-*/*.npz"))) == 2
+    sources = {src for line in (again / "train_log.jsonl").read_text().splitlines()
+               for src in json.loads(line)["sources"]}
+    assert sources <= {"gt", "counterfactual", "degraded", "reasoner_final", "reasoner_preview",
+                       "tto_final", "tto_preview"} | {s for s in sources if s.startswith("corrupt:")}
+
+
+@shipped
+def test_test_time_loop_samples_are_labelled_by_their_own_final_video(tmp_path, grid_wan_dir):
+    """``run_tto`` (the adversarial examples of --tto-jobs): the preview and final video of the
+    reasoner AFTER the updates, answers from the verifier on that final video, the LoRA gone
+    afterwards, and the kind and step count kept through the cache."""
+    from vlm_teacher.reasoner import load_reasoner
+    from vlm_teacher.recipes.teacher_data import load_sample, run_reasoner, run_tto, save_sample
+    from vlm_teacher.teacher import load_teacher
+
+    reasoner, teacher = load_reasoner(grid_wan_dir), load_teacher(TEACHER_DIR)
+    task = grid_tasks("train", 1, seed=11)[0]
+    frozen = run_reasoner(reasoner, task, seed=3)
+    sample = run_tto(reasoner, teacher, task, seed=3, steps=2, lr=1e-2)
+    assert (sample.kind, sample.steps) == ("tto", 2)
+    assert sample.preview.shape == frozen.preview.shape and sample.final.shape == frozen.final.shape
+    assert not np.array_equal(sample.final, frozen.final)  # the updates changed the video
+    assert np.array_equal(run_reasoner(reasoner, task, seed=3).final, frozen.final)  # and the LoRA is gone
+    for ex in sample.examples():
+        assert ex.source in ("tto_final", "tto_preview")
+        assert ex.labels == answers(ex.task, verify(ex.task, sample.final))
+    save_sample(tmp_path / "s.npz", sample)
+    back = load_sample(tmp_path / "s.npz", task)
+    assert (back.kind, back.steps, back.seed) == ("tto", 2, 3) and np.array_equal(back.preview, sample.preview)
+    # a cache written before test-time-loop samples existed reads as the frozen reasoner's
+    with open(tmp_path / "old.npz", "wb") as fh:
+        np.savez_compressed(fh, preview=frozen.preview, final=frozen.final, seed=3)
+    assert load_sample(tmp_path / "old.npz", task).kind == "reasoner"
 
 
 def test_recipe_is_seeded(tmp_path):
@@ -118,11 +159,11 @@ def test_bad_arguments_are_user_errors(tmp_path, capsys):
     assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--reasoner", str(tmp_path)]) == 2
     assert "model_index.json" in capsys.readouterr().err
     assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--batch", "0"]) == 2
+    assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--tto-jobs", "4"]) == 2
+    assert "--init-from" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the shipped teacher
-
-shipped = pytest.mark.skipif(not (TEACHER_DIR / "config.json").is_file(), reason="no embedded teacher shipped")
 
 
 @pytest.fixture(scope="module")

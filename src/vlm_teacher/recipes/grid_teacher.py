@@ -29,6 +29,7 @@ and a ``MODEL_CARD.md`` whose every figure is read from ``eval.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -110,6 +111,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reasoner-jobs", type=int, default=160, help="train-split (task, seed) reasoner runs (default 160)")
     g.add_argument("--reasoner-minutes", type=float, default=None,
                    help="time cap for making reasoner videos (default: a quarter of --minutes)")
+    g.add_argument("--tto-jobs", type=int, default=0,
+                   help="train-split (task, seed) runs of the test-time loop against the --init-from teacher, whose "
+                        "previews and final videos (labelled by the verifier) join the reasoner videos: the "
+                        "adversarial examples against reward hacking (default 0 = none; needs --init-from)")
+    g.add_argument("--tto-lr", type=float, default=5e-4,
+                   help="learning rate of those runs (default 5e-4, where the shipped teacher was fooled)")
+    g.add_argument("--tto-minutes", type=float, default=10.0, help="time cap for the --tto-jobs runs (default 10)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-tasks", type=int, default=12, help="test/ood tasks per family for rendered videos (default 12)")
     g.add_argument("--eval-reasoner", type=int, default=8,
@@ -143,6 +151,10 @@ def _check(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.steps is not None and args.steps <= 0:
         raise UserError(f"--steps must be positive, got {args.steps}")
+    if args.tto_jobs and args.init_from is None and not args.eval_only:
+        raise UserError("--tto-jobs runs the test-time loop against a trained teacher: give it with --init-from")
+    if args.tto_jobs < 0:
+        raise UserError(f"--tto-jobs must be >= 0, got {args.tto_jobs}")
     if not 0.0 <= args.reasoner_share <= 1.0:
         raise UserError(f"--reasoner-share must be in [0, 1], got {args.reasoner_share}")
     if args.hidden % args.heads or args.heads % args.kv_heads:
@@ -313,9 +325,9 @@ def goal_contrast(example) -> list[tuple[str, bool]]:
     100, the longest that run went)."""
     from ..suites.grid import verify
     from ..suites.grid.questions import goal_question
-    from .teacher_data import goal_variants
+    from .teacher_data import goal_variants, is_preview
 
-    if not example.source or example.source.startswith("reasoner_preview"):
+    if not example.source or is_preview(example.source):
         return []  # a preview's answers are decided by another video: only its own questions
     out = []
     for variant in goal_variants(example.task):
@@ -535,7 +547,7 @@ def run(args) -> int:
     from ..suites.grid import grid_tasks
     from ..teacher.qwen import QwenVLTeacher
     from . import teacher_eval
-    from .teacher_data import reasoner_samples
+    from .teacher_data import reasoner_samples, run_reasoner, tto_maker
 
     _check(args)
     t0 = time.monotonic()
@@ -584,16 +596,27 @@ def run(args) -> int:
         reasoner = load_reasoner(reasoner_dir)
     r_minutes = args.reasoner_minutes if args.reasoner_minutes is not None else args.minutes / 4
     cache = work / f"reasoner-{reasoner_dir.name if reasoner_dir else 'none'}"
-    eval_samples = reasoner_samples(reasoner, eval_jobs, cache, deadline=t0 + r_minutes * 60 * 0.4,
+    make = functools.partial(run_reasoner, reasoner) if reasoner is not None else None
+    eval_samples = reasoner_samples(make, eval_jobs, cache, deadline=t0 + r_minutes * 60 * 0.4,
                                     desc="reasoner videos (eval)") if reasoner_dir else []
-    train_samples = reasoner_samples(reasoner, train_jobs, cache, deadline=t0 + r_minutes * 60,
+    train_samples = reasoner_samples(make, train_jobs, cache, deadline=t0 + r_minutes * 60,
                                      desc="reasoner videos (train)") if reasoner_dir and not args.eval_only else []
-    del reasoner
+    tto_samples = []
+    if reasoner_dir and args.tto_jobs and not args.eval_only:
+        tto_jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (args.tto_jobs + 1) // 2, seed=11),
+                                                np.random.default_rng([args.seed, 5]).integers(0, 10**6, size=args.tto_jobs))]
+        attacked = QwenVLTeacher.from_pretrained(init)
+        tto_samples = reasoner_samples(tto_maker(reasoner, attacked, args.tto_lr), tto_jobs,
+                                       work / f"tto-{reasoner_dir.name}-lr{args.tto_lr:g}",
+                                       deadline=time.monotonic() + args.tto_minutes * 60, desc="test-time-loop videos")
+        del attacked
+    del reasoner, make
     if args.eval_only:
         return _eval_only(out, eval_samples, reasoner_dir, args)
-    reasoner_examples = [ex for s in train_samples for ex in s.examples()]
+    reasoner_examples = [ex for s in train_samples + tto_samples for ex in s.examples()]
     if reasoner_dir:
-        print(f"reasoner videos: {len(train_samples)} for training, {len(eval_samples)} for evaluation")
+        print(f"reasoner videos: {len(train_samples)} for training, {len(eval_samples)} for evaluation"
+              + (f", {len(tto_samples)} from the test-time loop" if args.tto_jobs else ""))
 
     tasks = grid_tasks("train", args.train_tasks, seed=args.seed)
     stream = Stream(tasks, reasoner_examples, args)
@@ -700,6 +723,7 @@ def run(args) -> int:
         "init_from": str(args.init_from) if args.init_from else None,
         "lineage": init_lineage(args.init_from),
         "reasoner_train_videos": len(train_samples), "reasoner_eval_videos": len(eval_samples),
+        "tto_train_videos": len(tto_samples), "tto_lr": args.tto_lr if args.tto_jobs else None,
         "train_tasks_per_family": args.train_tasks, "seed": args.seed,
         "wall_seconds": round(time.monotonic() - t0, 1),
         "weights_mb": round(sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6, 2),

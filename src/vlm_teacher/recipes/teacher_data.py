@@ -15,7 +15,12 @@ to the video that decides them:
 - reasoner videos: the embedded reasoner's final 4-step video (labelled by its
   own verdict) and its first-step preview decoded from x0_hat = eps - v(eps, 1)
   (labelled by the verdict of the final video from the same noise): exactly
-  what the teacher is shown during test-time optimisation.
+  what the teacher is shown during test-time optimisation;
+- test-time-optimisation videos: the same pair after some steps of the
+  test-time loop run against a teacher (``run_tto``). Where that teacher is
+  fooled, its "Yes" on a preview whose final video fails is what the loop
+  exploits (reward hacking); labelled by the verifier, these are the
+  adversarial examples that teach the next teacher not to be fooled that way.
 
 Every draw takes an explicit ``numpy.random.Generator``, so the training stream
 is a pure function of (seed, step): that is what makes a resumed run identical
@@ -145,6 +150,10 @@ def render_example(task: GridTask, rng: np.random.Generator, mix: dict[str, floa
 
 # ---------------------------------------------------------------- the reasoner
 
+#: what made a ``ReasonerSample``: the frozen reasoner, or the reasoner after test-time updates
+SAMPLE_KINDS = ("reasoner", "tto")
+
+
 @dataclass
 class ReasonerSample:
     """What the reasoner made for one (task, seed): its first-step preview and its final video."""
@@ -153,20 +162,28 @@ class ReasonerSample:
     seed: int
     preview: np.ndarray   # (K, H, W, 3) uint8, the K frames shown to the teacher
     final: np.ndarray     # (T, H, W, 3) uint8, the 4-step video, fully decoded
+    kind: str = "reasoner"  # one of SAMPLE_KINDS
+    steps: int = 0          # test-time updates behind it (tto)
 
     def examples(self) -> list[Example]:
         """Preview and final video, each asked about the task and its counterfactual goals;
-        every answer is the verifier's verdict of the FINAL video."""
+        every answer is the verifier's verdict of the FINAL video. Sources are
+        ``<kind>_final`` and ``<kind>_preview``."""
         out = []
         for ask in goal_variants(self.task):
-            out.append(labelled(ask, self.final, "reasoner_final"))
-            out.append(labelled(ask, self.preview, "reasoner_preview", decider=self.final))
+            out.append(labelled(ask, self.final, f"{self.kind}_final"))
+            out.append(labelled(ask, self.preview, f"{self.kind}_preview", decider=self.final))
         return out
 
 
-def run_reasoner(reasoner: Any, task: GridTask, seed: int, shown: int = SHOWN_FRAMES) -> ReasonerSample:
-    """The preview the test-time loop would show the teacher at step 1 (no LoRA) and the
-    final video the frozen reasoner makes from the same noise."""
+def is_preview(source: str) -> bool:
+    """A preview's answers are decided by another video (its final video)."""
+    return source.endswith("_preview")
+
+
+def _preview_and_final(reasoner: Any, task: GridTask, seed: int, shown: int) -> tuple[np.ndarray, np.ndarray]:
+    """The K frames the test-time loop shows the teacher (first-step x0_hat of the reasoner
+    as it is now, LoRA included) and the final video made from the same noise."""
     from ..reasoner.base import uniform_frame_indices
     from ..video import to_uint8
 
@@ -175,7 +192,45 @@ def run_reasoner(reasoner: Any, task: GridTask, seed: int, shown: int = SHOWN_FR
         idx = uniform_frame_indices(cond.num_frames, shown)
         preview = reasoner.preview(reasoner.predict_x0(cond, mode="first"), idx)
         final = reasoner.generate(cond)
-    return ReasonerSample(task=task, seed=seed, preview=to_uint8(preview.clamp(0, 1)), final=to_uint8(final))
+    return to_uint8(preview.clamp(0, 1)), to_uint8(final)
+
+
+def run_reasoner(reasoner: Any, task: GridTask, seed: int, shown: int = SHOWN_FRAMES) -> ReasonerSample:
+    """The preview the test-time loop would show the teacher at step 1 (no LoRA) and the
+    final video the frozen reasoner makes from the same noise."""
+    preview, final = _preview_and_final(reasoner, task, seed, shown)
+    return ReasonerSample(task=task, seed=seed, preview=preview, final=final)
+
+
+#: the update counts of the test-time runs behind ``tto`` samples, cycled over the jobs:
+#: early, middle and late points of a trajectory (the loop's default budget is 40)
+TTO_STEPS = (4, 8, 16, 24)
+
+
+def run_tto(reasoner: Any, teacher: Any, task: GridTask, seed: int, steps: int, lr: float,
+            shown: int = SHOWN_FRAMES) -> ReasonerSample:
+    """The preview and final video after ``steps`` updates of the test-time loop against
+    ``teacher`` (the suite's own questions, no early stop), from the noise of ``seed``.
+    The LoRA is removed afterwards: ``reasoner`` is left frozen."""
+    from ..optimize import TTOConfig, teach
+    from ..suites.grid.questions import grid_queries
+
+    config = TTOConfig(lr=lr, fixed_steps=steps, num_frames_shown=shown)
+    try:
+        teach(reasoner, teacher, task.to_task(), config, seed=seed, queries=grid_queries(task),
+              progress=False, **task.video_shape())
+        preview, final = _preview_and_final(reasoner, task, seed, shown)
+    finally:
+        reasoner.remove_lora()
+    return ReasonerSample(task=task, seed=seed, preview=preview, final=final, kind="tto", steps=steps)
+
+
+def tto_maker(reasoner: Any, teacher: Any, lr: float) -> Callable[[GridTask, int], ReasonerSample]:
+    """``run_tto`` as a (task, seed) job for ``reasoner_samples``; the update count is
+    drawn from ``TTO_STEPS`` by the seed (so a cached job is the same job)."""
+    def make(task: GridTask, seed: int) -> ReasonerSample:
+        return run_tto(reasoner, teacher, task, seed, TTO_STEPS[seed % len(TTO_STEPS)], lr)
+    return make
 
 
 def save_sample(path: Path, sample: ReasonerSample) -> None:
@@ -183,19 +238,25 @@ def save_sample(path: Path, sample: ReasonerSample) -> None:
 
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, preview=sample.preview, final=sample.final, seed=sample.seed)
+            np.savez_compressed(fh, preview=sample.preview, final=sample.final, seed=sample.seed,
+                                kind=sample.kind, steps=sample.steps)
 
 
 def load_sample(path: Path, task: GridTask) -> ReasonerSample:
     with np.load(path, allow_pickle=False) as data:
-        return ReasonerSample(task=task, seed=int(data["seed"]), preview=data["preview"], final=data["final"])
+        kind = str(data["kind"]) if "kind" in data else "reasoner"  # caches written before tto samples
+        steps = int(data["steps"]) if "steps" in data else 0
+        return ReasonerSample(task=task, seed=int(data["seed"]), preview=data["preview"], final=data["final"],
+                              kind=kind, steps=steps)
 
 
-def reasoner_samples(reasoner: Any, jobs: Sequence[tuple[GridTask, int]], cache: Path, *,
-                     deadline: float | None = None, desc: str = "reasoner videos",
+def reasoner_samples(make: Callable[[GridTask, int], ReasonerSample] | None, jobs: Sequence[tuple[GridTask, int]],
+                     cache: Path, *, deadline: float | None = None, desc: str = "reasoner videos",
                      clock: Callable[[], float] | None = None) -> list[ReasonerSample]:
-    """Run the reasoner on each (task, seed), caching each result as it is made (a killed
-    run resumes from the cache). Stops starting new jobs after ``deadline`` (clock seconds)."""
+    """Run ``make`` (e.g. ``functools.partial(run_reasoner, reasoner)`` or ``tto_maker``) on
+    each (task, seed), caching each result as it is made (a killed run resumes from the
+    cache; ``make=None`` reads the cache only). Stops starting new jobs after ``deadline``
+    (clock seconds)."""
     import time
 
     from tqdm.auto import tqdm
@@ -208,9 +269,9 @@ def reasoner_samples(reasoner: Any, jobs: Sequence[tuple[GridTask, int]], cache:
         if path.is_file():
             out.append(load_sample(path, task))
             continue
-        if reasoner is None or (deadline is not None and clock() > deadline):
+        if make is None or (deadline is not None and clock() > deadline):
             continue
-        sample = run_reasoner(reasoner, task, seed)
+        sample = make(task, seed)
         save_sample(path, sample)
         out.append(sample)
     return out
