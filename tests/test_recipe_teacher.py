@@ -130,6 +130,8 @@ def test_test_time_loop_samples_are_labelled_by_their_own_final_video(tmp_path, 
     with open(tmp_path / "old.npz", "wb") as fh:
         np.savez_compressed(fh, preview=frozen.preview, final=frozen.final, seed=3)
     assert load_sample(tmp_path / "old.npz", task).kind == "reasoner"
+    with pytest.raises(ValueError, match="unknown reasoner sample kind"):
+        type(sample)(task=task, seed=3, preview=sample.preview, final=sample.final, kind="tta")
 
 
 def test_recipe_is_seeded(tmp_path):
@@ -161,6 +163,9 @@ def test_bad_arguments_are_user_errors(tmp_path, capsys):
     assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--batch", "0"]) == 2
     assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--tto-jobs", "4"]) == 2
     assert "--init-from" in capsys.readouterr().err
+    assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--tto-jobs", "4", "--no-reasoner",
+                 "--init-from", str(tmp_path)]) == 2
+    assert "--no-reasoner" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the shipped teacher

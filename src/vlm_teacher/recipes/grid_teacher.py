@@ -151,8 +151,11 @@ def _check(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.steps is not None and args.steps <= 0:
         raise UserError(f"--steps must be positive, got {args.steps}")
-    if args.tto_jobs and args.init_from is None and not args.eval_only:
-        raise UserError("--tto-jobs runs the test-time loop against a trained teacher: give it with --init-from")
+    if args.tto_jobs and not args.eval_only:
+        if args.init_from is None:
+            raise UserError("--tto-jobs runs the test-time loop against a trained teacher: give it with --init-from")
+        if args.no_reasoner:
+            raise UserError("--tto-jobs runs the test-time loop on a reasoner: drop --no-reasoner")
     if args.tto_jobs < 0:
         raise UserError(f"--tto-jobs must be >= 0, got {args.tto_jobs}")
     if not 0.0 <= args.reasoner_share <= 1.0:
@@ -544,6 +547,7 @@ def _eval_only(out: Path, eval_samples, reasoner_dir, args) -> int:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
+    from ..bench import model_id
     from ..suites.grid import grid_tasks
     from ..teacher.qwen import QwenVLTeacher
     from . import teacher_eval
@@ -607,7 +611,7 @@ def run(args) -> int:
                                                 np.random.default_rng([args.seed, 5]).integers(0, 10**6, size=args.tto_jobs))]
         attacked = QwenVLTeacher.from_pretrained(init)
         tto_samples = reasoner_samples(tto_maker(reasoner, attacked, args.tto_lr), tto_jobs,
-                                       work / f"tto-{reasoner_dir.name}-lr{args.tto_lr:g}",
+                                       work / f"tto-{model_id(reasoner_dir)}-vs-{model_id(init)}-lr{args.tto_lr:g}",
                                        deadline=time.monotonic() + args.tto_minutes * 60, desc="test-time-loop videos")
         del attacked
     del reasoner, make

@@ -165,6 +165,10 @@ class ReasonerSample:
     kind: str = "reasoner"  # one of SAMPLE_KINDS
     steps: int = 0          # test-time updates behind it (tto)
 
+    def __post_init__(self) -> None:
+        if self.kind not in SAMPLE_KINDS:
+            raise ValueError(f"unknown reasoner sample kind {self.kind!r}; expected one of {SAMPLE_KINDS}")
+
     def examples(self) -> list[Example]:
         """Preview and final video, each asked about the task and its counterfactual goals;
         every answer is the verifier's verdict of the FINAL video. Sources are
