@@ -109,7 +109,7 @@ def test_test_time_loop_samples_are_labelled_by_their_own_final_video(tmp_path, 
     reasoner AFTER the updates, answers from the verifier on that final video, the LoRA gone
     afterwards, and the kind and step count kept through the cache."""
     from vlm_teacher.reasoner import load_reasoner
-    from vlm_teacher.recipes.teacher_data import load_sample, run_reasoner, run_tto, save_sample
+    from vlm_teacher.recipes.teacher_data import ReasonerSample, load_sample, run_reasoner, run_tto, save_sample
     from vlm_teacher.teacher import load_teacher
 
     reasoner, teacher = load_reasoner(grid_wan_dir), load_teacher(TEACHER_DIR)
@@ -131,7 +131,7 @@ def test_test_time_loop_samples_are_labelled_by_their_own_final_video(tmp_path, 
         np.savez_compressed(fh, preview=frozen.preview, final=frozen.final, seed=3)
     assert load_sample(tmp_path / "old.npz", task).kind == "reasoner"
     with pytest.raises(ValueError, match="unknown reasoner sample kind"):
-        type(sample)(task=task, seed=3, preview=sample.preview, final=sample.final, kind="tta")
+        ReasonerSample(task=task, seed=3, preview=sample.preview, final=sample.final, kind="tta")
 
 
 def test_recipe_is_seeded(tmp_path):

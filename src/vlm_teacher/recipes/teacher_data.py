@@ -185,9 +185,9 @@ def is_preview(source: str) -> bool:
     return source.endswith("_preview")
 
 
-def _preview_and_final(reasoner: Any, task: GridTask, seed: int, shown: int) -> tuple[np.ndarray, np.ndarray]:
-    """The K frames the test-time loop shows the teacher (first-step x0_hat of the reasoner
-    as it is now, LoRA included) and the final video made from the same noise."""
+def _preview(reasoner: Any, task: GridTask, seed: int, shown: int) -> tuple[Any, np.ndarray]:
+    """The conditioning of (task, seed) and the K frames the test-time loop shows the teacher
+    for it: the first-step x0_hat of the reasoner as it is now (LoRA included), decoded."""
     from ..reasoner.base import uniform_frame_indices
     from ..video import to_uint8
 
@@ -195,15 +195,18 @@ def _preview_and_final(reasoner: Any, task: GridTask, seed: int, shown: int) -> 
         cond = reasoner.prepare(task.prompt, task.first_frame(), seed, **task.video_shape())
         idx = uniform_frame_indices(cond.num_frames, shown)
         preview = reasoner.preview(reasoner.predict_x0(cond, mode="first"), idx)
-        final = reasoner.generate(cond)
-    return to_uint8(preview.clamp(0, 1)), to_uint8(final)
+    return cond, to_uint8(preview.clamp(0, 1))
 
 
 def run_reasoner(reasoner: Any, task: GridTask, seed: int, shown: int = SHOWN_FRAMES) -> ReasonerSample:
     """The preview the test-time loop would show the teacher at step 1 (no LoRA) and the
     final video the frozen reasoner makes from the same noise."""
-    preview, final = _preview_and_final(reasoner, task, seed, shown)
-    return ReasonerSample(task=task, seed=seed, preview=preview, final=final)
+    from ..video import to_uint8
+
+    cond, preview = _preview(reasoner, task, seed, shown)
+    with torch.no_grad():
+        final = reasoner.generate(cond)
+    return ReasonerSample(task=task, seed=seed, preview=preview, final=to_uint8(final))
 
 
 #: the update counts of the test-time runs behind ``tto`` samples, cycled over the jobs:
@@ -218,15 +221,17 @@ def run_tto(reasoner: Any, teacher: Any, task: GridTask, seed: int, steps: int, 
     The LoRA is removed afterwards: ``reasoner`` is left frozen."""
     from ..optimize import TTOConfig, teach
     from ..suites.grid.questions import grid_queries
+    from ..video import to_uint8
 
     config = TTOConfig(lr=lr, fixed_steps=steps, num_frames_shown=shown)
     try:
-        teach(reasoner, teacher, task.to_task(), config, seed=seed, queries=grid_queries(task),
-              progress=False, **task.video_shape())
-        preview, final = _preview_and_final(reasoner, task, seed, shown)
+        result = teach(reasoner, teacher, task.to_task(), config, seed=seed, queries=grid_queries(task),
+                       progress=False, **task.video_shape())  # result.video: the adapted reasoner's final video
+        _, preview = _preview(reasoner, task, seed, shown)
     finally:
         reasoner.remove_lora()
-    return ReasonerSample(task=task, seed=seed, preview=preview, final=final, kind="tto", steps=steps)
+    return ReasonerSample(task=task, seed=seed, preview=preview, final=to_uint8(result.video), kind="tto",
+                          steps=steps)
 
 
 def tto_maker(reasoner: Any, teacher: Any, lr: float) -> Callable[[GridTask, int], ReasonerSample]:
