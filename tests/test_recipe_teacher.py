@@ -90,8 +90,10 @@ def test_recipe_end_to_end_with_a_reasoner(tmp_path, grid_wan_dir):
 
     p = teacher.yes_prob_no_grad(to_float(task.video()), grid_queries(task).all)
     assert p.shape == (3,) and bool(((p > 0) & (p < 1)).all())
-    # the reasoner's videos were cached for a rerun
-    assert len(list((Path(str(out) + ".work")).glob("reasoner-*/*.npz"))) == 2 + 8
+    # the reasoner's videos were cached for a rerun, under the reasoner's weights (not its folder name)
+    from vlm_teacher.bench import model_id
+
+    assert len(list((Path(str(out) + ".work") / f"reasoner-{model_id(grid_wan_dir)}").glob("*.npz"))) == 2 + 8
     # continued with adversarial examples from the test-time loop run against it
     again = tmp_path / "again"
     assert _train(again, "--reasoner", str(grid_wan_dir), "--init-from", str(out), "--steps", "2",

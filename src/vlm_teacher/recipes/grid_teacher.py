@@ -599,7 +599,8 @@ def run(args) -> int:
 
         reasoner = load_reasoner(reasoner_dir)
     r_minutes = args.reasoner_minutes if args.reasoner_minutes is not None else args.minutes / 4
-    cache = work / f"reasoner-{reasoner_dir.name if reasoner_dir else 'none'}"
+    # keyed by the weights, not the folder name: a retrained reasoner in the same folder makes new videos
+    cache = work / f"reasoner-{model_id(reasoner_dir) if reasoner_dir else 'none'}"
     make = functools.partial(run_reasoner, reasoner) if reasoner is not None else None
     eval_samples = reasoner_samples(make, eval_jobs, cache, deadline=t0 + r_minutes * 60 * 0.4,
                                     desc="reasoner videos (eval)") if reasoner_dir else []
