@@ -129,6 +129,51 @@ def test_recipe_user_errors(straight_run, tmp_path, capsys):
     assert "--minutes must be > 0" in capsys.readouterr().err
 
 
+def test_init_from_continues_the_transformer_on_the_folders_vae(straight_run, tmp_path):
+    """--init-from skips the VAE stage: the VAE and text encoder stay the folder's, bit for bit,
+    the transformer starts from the folder's and changes; the card names the folder and its command."""
+    src = straight_run / "model"
+    out = tmp_path / "more"
+    assert _train(out, "--init-from", str(src), "--stop-after", "1") == 0  # killed in the transformer stage
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert (state["stage"], state["step"]) == ("transformer", 1)
+    assert _train(out, "--init-from", str(src), "--resume") == 0
+    log = _log(out)
+    assert not [r for r in log if r.get("stage") == "vae" and "loss" in r]
+    assert [r["step"] for r in log if r.get("stage") == "transformer" and "loss" in r] == [1, 2]
+    a, b = _weights(src), _weights(out / "model")
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a if not k.startswith("transformer."))
+    assert any(not np.array_equal(a[k], b[k]) for k in a if k.startswith("transformer."))
+    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    start = metrics["training"]["start"]
+    made_by = json.loads((src / "metrics.json").read_text())["training"]["command"]
+    assert start["flag"] == "--init-from" and start["lineage"] == [made_by]
+    card = (out / "model" / "MODEL_CARD.md").read_text()
+    assert made_by in card and "not trained in this run" in card
+    with pytest.raises(UserError, match="different settings"):  # resumed without the folder
+        _train(out, "--resume")
+
+
+def test_vae_from_trains_a_new_transformer_of_another_shape(straight_run, tmp_path):
+    src = straight_run / "model"
+    out = tmp_path / "wider"
+    assert _train(out, "--vae-from", str(src), "--dit-layers", "2") == 0
+    a, b = _weights(src), _weights(out / "model")
+    assert all(np.array_equal(a[k], b[k]) for k in a if k.startswith(("vae.", "text_encoder.")))
+    cfg = json.loads((out / "model" / "transformer" / "config.json").read_text())
+    assert cfg["num_layers"] == 2
+    with pytest.raises(UserError, match="--dit-layers 1"):  # --init-from keeps the folder's shape
+        _train(tmp_path / "bad", "--init-from", str(src), "--dit-layers", "2")
+    with pytest.raises(UserError, match="--text-dim 8"):
+        _train(tmp_path / "bad2", "--vae-from", str(src), "--text-dim", "16")
+    with pytest.raises(UserError, match="not a reasoner pipeline folder"):
+        _train(tmp_path / "bad3", "--vae-from", str(tmp_path))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("bad")]  # nothing written, so a retry works
+    with pytest.raises(SystemExit):  # one starting folder at most
+        _train(tmp_path / "bad4", "--vae-from", str(src), "--init-from", str(src))
+
+
 def test_shipped_embedded_reasoner_generates_a_grid_video():
     from vlm_teacher.embedded import REASONER_DIR
     from vlm_teacher.reasoner import load_reasoner

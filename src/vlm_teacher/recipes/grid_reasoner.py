@@ -45,6 +45,13 @@ its share of ``--minutes`` (``_train_loop``); the plan is logged
 same machine (pass the logged plans as ``--vae-steps``/``--dit-steps`` with a
 generous ``--minutes`` to repeat a run exactly).
 
+Starting from another run: ``--init-from FOLDER`` keeps a finished pipeline
+folder's VAE, text encoder and tokenizer, skips the VAE stage and trains its
+transformer on for all of ``--minutes`` (longer training in several runs);
+``--vae-from FOLDER`` trains a new transformer, of any ``--dit-*`` shape, on the
+folder's VAE (a bigger transformer without retraining the VAE). The card names
+the folder and the commands that made it.
+
 Outputs in ``--out``: ``model/`` (the pipeline folder with ``vlm_teacher.json``,
 ``metrics.json`` and ``MODEL_CARD.md``), ``log.jsonl``, ``checkpoint/``,
 ``cache/``. ``--export DIR`` copies ``model/`` to DIR (the shipped folder is
@@ -76,7 +83,8 @@ ARCH_KEYS = ("seed", "train_tasks", "vae_base_dim", "vae_steps", "vae_batch", "v
              "vae_clip_crop", "vae_temporal",
              "vae_kl", "vae_object_weight", "vae_code_weight",
              "dit_steps", "dit_batch", "dit_lr", "dit_object_weight", "dit_layers", "dit_heads", "dit_head_dim", "dit_ffn",
-             "text_dim", "text_layers", "text_heads", "flow_shift", "sampler_steps", "max_sequence_length")
+             "text_dim", "text_layers", "text_heads", "flow_shift", "sampler_steps", "max_sequence_length",
+             "init_from", "vae_from")
 NUM_FRAMES, SIZE, FPS = 9, 96, 8
 TRAINED = ("vae", "transformer")
 
@@ -96,6 +104,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default %(default)s: on this shared 2-core machine one thread "
                         "measured many times faster than two, which stall each other under load)")
     p.add_argument("--device", default="cpu", help="torch device for training (default %(default)s)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--init-from", type=Path, default=None,
+                       help="a reasoner pipeline folder (e.g. src/vlm_teacher/embedded/grid-wan) to continue: its "
+                            "VAE, text encoder and tokenizer are kept, the VAE stage is skipped and its transformer "
+                            "trains on for all of --minutes (the --dit-* shape must match it)")
+    start.add_argument("--vae-from", type=Path, default=None,
+                       help="like --init-from, but a new transformer of the --dit-* shape is trained on the "
+                            "folder's VAE, text encoder and tokenizer (e.g. a bigger transformer)")
     g = p.add_argument_group("data and evaluation")
     g.add_argument("--train-tasks", type=int, default=800, help="train-split tasks per family (default %(default)s)")
     g.add_argument("--eval-tasks", type=int, default=25,
@@ -248,6 +264,62 @@ def _defaults(args):
 
     return WanDefaults(num_frames=NUM_FRAMES, height=SIZE, width=SIZE, steps=args.sampler_steps, fps=FPS,
                        max_sequence_length=args.max_sequence_length)
+
+
+def start_folder(args) -> tuple[str, Path] | None:
+    """(flag, folder) of ``--init-from`` / ``--vae-from``, or None for a run from scratch."""
+    if getattr(args, "init_from", None) is not None:
+        return "--init-from", Path(args.init_from)
+    if getattr(args, "vae_from", None) is not None:
+        return "--vae-from", Path(args.vae_from)
+    return None
+
+
+def vae_share(args) -> float:
+    """The share of ``--minutes`` the VAE stage gets: none when the VAE comes from a folder."""
+    return 0.0 if start_folder(args) else args.vae_share
+
+
+def take_from_folder(args, models: dict[str, Any]) -> dict[str, Any]:
+    """``--init-from`` / ``--vae-from``: put the folder's tokenizer, text encoder and VAE (and, for
+    ``--init-from``, its transformer) in place of the freshly built ones, after checking that they fit
+    the recipe's arguments. Returns what the model card records about the folder."""
+    from ..bench import model_id
+    from ..reasoner.wan import WanReasoner
+
+    flag, folder = start_folder(args)
+    if not (folder / "model_index.json").is_file():
+        raise UserError(f"{flag} {folder} is not a reasoner pipeline folder (no model_index.json); give the "
+                        "model/ folder of a finished `vlm-teacher train reasoner` run or src/vlm_teacher/embedded/grid-wan")
+    loaded = WanReasoner.from_pretrained(folder)
+    temporal = loaded.scale_temporal
+    mismatched = []
+    if temporal != args.vae_temporal:
+        mismatched.append(f"--vae-temporal {temporal}")
+    if loaded.text_encoder.config.d_model != args.text_dim:
+        mismatched.append(f"--text-dim {loaded.text_encoder.config.d_model}")
+    if flag == "--init-from":
+        cfg = loaded.transformer.config
+        for option, have, asked in (("--dit-layers", cfg.num_layers, args.dit_layers),
+                                    ("--dit-heads", cfg.num_attention_heads, args.dit_heads),
+                                    ("--dit-head-dim", cfg.attention_head_dim, args.dit_head_dim),
+                                    ("--dit-ffn", cfg.ffn_dim, args.dit_ffn)):
+            if have != asked:
+                mismatched.append(f"{option} {have}")
+    if mismatched:
+        other = " (or --vae-from to train a new transformer of another shape)" if flag == "--init-from" else ""
+        raise UserError(f"{flag} {folder}: the folder's models were built with other settings; pass "
+                        f"{' '.join(mismatched)}{other}")
+    models.update(tokenizer=loaded.tokenizer, text_encoder=loaded.text_encoder.requires_grad_(False).eval(),
+                  vae=loaded.vae)
+    if flag == "--init-from":
+        models["transformer"] = loaded.transformer
+    try:
+        made_by = json.loads((folder / METRICS_NAME).read_text(encoding="utf-8"))["training"]
+        lineage = [made_by["command"], *made_by.get("start", {}).get("lineage", [])]
+    except (OSError, ValueError, KeyError):
+        lineage = [f"unknown ({folder} has no {METRICS_NAME} training record)"]
+    return {"flag": flag, "folder": str(folder), "model_id": model_id(folder), "lineage": lineage}
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -551,7 +623,7 @@ def train_transformer(args, models, cache, run_state, ckpt: Checkpoint, log: Jso
 
     finished = _train_loop("transformer", args, models, opt, list(tr.parameters()), run_state, ckpt, log,
                            steps=args.dit_steps, base_lr=args.dit_lr, warmup=min(100, args.dit_steps // 5 + 1),
-                           budget_s=args.minutes * 60 * (1 - args.vae_share), stream=3, next_stage="done",
+                           budget_s=args.minutes * 60 * (1 - vae_share(args)), stream=3, next_stage="done",
                            train_step=train_step)
     tr.eval().requires_grad_(False)
     return finished
@@ -638,11 +710,21 @@ def _pct(x: float | None) -> str:
 def model_card(metrics: dict[str, Any]) -> str:
     """MODEL_CARD.md text, every figure read from ``metrics`` (written by this recipe)."""
     tr, ev, size = metrics["training"], metrics.get("evaluation"), metrics["size"]
+    start = tr.get("start")
+    if start is None:
+        how, vae_line = "from scratch", (f"- VAE: {tr['vae_steps_done']} steps (stopped by: {tr['vae_stop']}), "
+                                         f"{tr['vae_seconds'] / 60:.1f} min")
+    else:
+        what = "VAE, text encoder and transformer" if start["flag"] == "--init-from" else "VAE and text encoder"
+        how = f"from the {what} of another run (`{start['flag']}`)"
+        vae_line = (f"- started from `{start['folder']}` ({start['model_id']}): its {what}; the VAE was not "
+                    "trained in this run. That folder was made by (newest first): "
+                    + "; ".join(f"`{c}`" for c in start["lineage"]))
     lines = [
         "# grid-wan: the embedded Reasoner of vlm-teacher",
         "",
-        "A small Wan2.2-TI2V-style diffusers pipeline (`WanPipeline` folder, safetensors only) trained from "
-        "scratch by `vlm-teacher train reasoner` on the procedural grid suite (`vlm_teacher.suites.grid`). "
+        "A small Wan2.2-TI2V-style diffusers pipeline (`WanPipeline` folder, safetensors only) trained "
+        f"{how} by `vlm-teacher train reasoner` on the procedural grid suite (`vlm_teacher.suites.grid`). "
         "It is the default Reasoner of `vlm-teacher demo` and loads with `vlm_teacher.reasoner.load_reasoner` "
         "or `diffusers.WanPipeline.from_pretrained` like Wan2.2-TI2V-5B.",
         "",
@@ -654,7 +736,7 @@ def model_card(metrics: dict[str, Any]) -> str:
           if len(tr.get("invocations", [])) > 1 else []),
         f"- machine: {tr['machine']}",
         f"- torch {tr['torch']}, diffusers {tr['diffusers']}, transformers {tr['transformers']}",
-        f"- VAE: {tr['vae_steps_done']} steps (stopped by: {tr['vae_stop']}), {tr['vae_seconds'] / 60:.1f} min",
+        vae_line,
         f"- transformer: {tr['dit_steps_done']} steps (stopped by: {tr['dit_stop']}), "
         f"{tr['dit_seconds'] / 60:.1f} min",
         f"- transformer training videos: {tr['samples']} ({tr['counterfactual_samples']} counterfactual "
@@ -763,24 +845,30 @@ def _run(args) -> int:
             raise UserError(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume first")
         run_state = ckpt.load_state()
         saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        changed = [k for k in ARCH_KEYS if saved.get(k) != getattr(args, k)]
+        current = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        changed = [k for k in ARCH_KEYS if saved.get(k) != current.get(k)]
         if changed:
             raise UserError(f"--resume with different settings than the checkpoint: {', '.join(changed)}; "
                             "use the original arguments or another --out")
-    else:
-        if ckpt.exists() or (out / "log.jsonl").exists():
-            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    elif ckpt.exists() or (out / "log.jsonl").exists():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    # models first: a bad --init-from / --vae-from folder fails before anything is written
+    models = build_models(args)
+    start = take_from_folder(args, models) if start_folder(args) else None
+    if not args.resume:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                                          if k != "func"})
-        run_state = {"stage": "vae", "step": 0}
+        run_state = ({"stage": "latents", "step": 0, "vae_steps_done": 0, "vae_stop": "taken from the folder",
+                      "vae_seconds": 0.0} if start else {"stage": "vae", "step": 0})
+        if start:
+            ckpt.save(models, run_state, None)  # the starting point, so that every later stage resumes alike
     log = JsonlLog(out / "log.jsonl")
     log.write(event="start", resume=bool(args.resume), stage=run_state["stage"], step=run_state.get("step", 0),
               command=_command(args) + (" --resume" if args.resume else ""))
 
     from .grid_videos import code_channels, train_tasks
 
-    models = build_models(args)
     tasks = train_tasks(args.train_tasks, seed=0)
     if run_state["stage"] == "vae":
         if not train_vae(args, models, tasks, run_state, ckpt, log, device):
@@ -812,6 +900,7 @@ def _run(args) -> int:
                             if r.get("event") == "start" and r.get("command")],
             "machine": _machine(args.device), **_versions(),
             "seed": args.seed, "train_tasks_per_family": args.train_tasks,
+            **({"start": start} if start is not None else {}),
             "samples": int(cache["latents"].shape[0]), "counterfactual_samples": int(cache["counterfactual"].sum()),
             **{k: run_state[k] for k in ("vae_steps_done", "vae_stop", "vae_seconds", "dit_steps_done",
                                          "dit_stop", "dit_seconds")},
