@@ -4,6 +4,9 @@ Everything is judged by the pixel verifier; nothing here trains or changes a mod
 
 - ``oracle``: N seeds of the frozen reasoner per task; how many pass, the best score,
   oracle pass@N (is there a legal video to find at all?), and the first broken rule of seed 0;
+  and, over all N samples, where the agents stand in the first frame that shows two or more
+  (on the ground-truth cell of that frame, elsewhere on the solution path, or off it: a
+  hedge between the right move and a wrong branch, or a left-behind copy?);
 - ``teacher``: on those same samples, the teacher's P(Yes) per question type, apart for
   samples the verifier passes and fails (does the teacher tell a legal video from an
   almost-legal one, question by question?);
@@ -35,15 +38,16 @@ def _sample(reasoner, task, seed: int, *, steps: int | None = None):
     return reasoner.generate(cond)
 
 
-def oracle_and_teacher(reasoner, teacher, tasks, seeds: int) -> tuple[list[dict], dict[str, dict]]:
-    """Per task: passes among ``seeds`` samples, best score, seed 0's first broken rule; and the
-    teacher's P(Yes) per question type on passing / failing samples."""
+def oracle_and_teacher(reasoner, teacher, tasks, seeds: int) -> tuple[list[dict], dict[str, dict], Counter]:
+    """Per task: passes among ``seeds`` samples, best score, seed 0's first broken rule; the
+    teacher's P(Yes) per question type on passing / failing samples; and how often each
+    combination of ``extra_agent_places`` turned up among all samples."""
     from vlm_teacher.methods import candidate_seeds
     from vlm_teacher.suites.grid import verify
     from vlm_teacher.suites.grid.questions import PROCESS_TYPES, grid_queries
     from vlm_teacher.video import to_uint8
 
-    rows, p_yes = [], {"pass": [], "fail": []}  # (question type, P(Yes)) pairs
+    rows, p_yes, places = [], {"pass": [], "fail": []}, Counter()  # (question type, P(Yes)) pairs
     for task in tasks:
         kinds = ["goal", *PROCESS_TYPES[task.family]]
         queries = grid_queries(task).all
@@ -52,6 +56,9 @@ def oracle_and_teacher(reasoner, teacher, tasks, seeds: int) -> tuple[list[dict]
             video = _sample(reasoner, task, seed)
             v = verify(task, to_uint8(video))
             verdicts.append(v)
+            where = extra_agent_places(task, video)
+            if where is not None:
+                places[" + ".join(where)] += 1
             if teacher is not None:
                 probs = teacher.yes_prob_no_grad(video, queries).tolist()
                 p_yes["pass" if v.passed else "fail"] += list(zip(kinds, probs))
@@ -66,7 +73,40 @@ def oracle_and_teacher(reasoner, teacher, tasks, seeds: int) -> tuple[list[dict]
         for kind, p in pairs:
             by_kind.setdefault(kind, []).append(p)
         teacher_rows[outcome] = {k: (float(np.mean(v)), len(v)) for k, v in by_kind.items()}
-    return rows, teacher_rows
+    return rows, teacher_rows, places
+
+
+AGENT_PLACES = ("right cell", "previous cell", "later on the path", "earlier on the path", "off the path")
+
+
+def extra_agent_places(task, video) -> tuple[str, ...] | None:
+    """Where the agents of the first frame with two or more stand in ``video`` (the reasoner's
+    (T, 3, H, W) float frames), relative to the ground truth: sorted ``AGENT_PLACES`` names, one
+    per agent, or None when no frame shows two."""
+    from vlm_teacher.suites.grid.verify import _NAMES, read_cells
+    from vlm_teacher.video import to_uint8
+
+    path = [s.agent for s in task.states()]
+    centre = np.array(_NAMES)[read_cells(to_uint8(video), task.state.n)["centre_idx"]]
+    for t in range(1, centre.shape[0]):
+        agents = [(int(r), int(c)) for r, c in zip(*np.nonzero(centre[t] == "agent"))]
+        if len(agents) < 2:
+            continue
+        now, before = path[min(t, len(path) - 1)], path[min(t - 1, len(path) - 1)]
+        places = []
+        for cell in agents:
+            if cell == now:
+                places.append("right cell")
+            elif cell == before:
+                places.append("previous cell")
+            elif cell in path[t + 1:]:
+                places.append("later on the path")
+            elif cell in path:
+                places.append("earlier on the path")
+            else:
+                places.append("off the path")
+        return tuple(sorted(places, key=AGENT_PLACES.index))
+    return None
 
 
 def _rule(verdict) -> str:
@@ -110,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     test = grid_tasks("test", n=a.tasks)
 
     print(f"oracle pass@{a.seeds} and teacher P(Yes) on {len(test)} test tasks", flush=True)
-    oracle_rows, teacher_rows = oracle_and_teacher(reasoner, teacher, test, a.seeds)
+    oracle_rows, teacher_rows, places = oracle_and_teacher(reasoner, teacher, test, a.seeds)
 
     print("sampler sweep", flush=True)
     default_shift = reasoner.flow_shift
@@ -142,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
                                        ("best_score", "best score"), ("seed0", "seed 0: first broken rule")]),
         "",
         "First broken rule of seed 0: " + ", ".join(f"{k} {v}" for k, v in total.most_common()),
+        "",
+        f"## Extra agents: where they stand in the first frame showing two or more (all {a.seeds} samples per task)",
+        "",
+        f"{sum(places.values())} of {a.seeds * len(oracle_rows)} samples have such a frame.",
+        "",
+        C.markdown_table([{"places": k, "samples": v} for k, v in places.most_common()] or [{"places": "-", "samples": 0}],
+                         [("places", "the agents' cells, relative to the ground truth"), ("samples", "samples")]),
     ]
     if teacher is not None:
         kinds = ("goal", "moves", "box", "intact")
@@ -166,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
              f"Whole run: {time.perf_counter() - t_start:.0f} s."]
     path = C.write_results(a.out, "Grid diagnostics: where the embedded models fail", command.strip(),
                            "\n".join(tables), oracle_rows,
-                           {"machine": C.machine(), "teacher": teacher_rows, "sampler": sweep, "fit": fit}, notes)
+                           {"machine": C.machine(), "teacher": teacher_rows, "extra_agents": dict(places), "sampler": sweep,
+                            "fit": fit}, notes)
     print("\n".join(tables))
     print(f"written {path}")
     return 0

@@ -57,3 +57,33 @@ def test_grid_diagnostics_script_writes_its_four_tables(tmp_path):
     assert [r["task"] for r in data["rows"]] == ["maze-test-00000", "push-test-00000"]
     assert all(0 <= r["passed"] <= 2 and 0.0 <= r["best_score"] <= 1.0 for r in data["rows"])
     assert len(data["sampler"]) == 1 and len(data["fit"]) == 4
+
+
+def test_extra_agent_places_reads_where_a_second_agent_stands():
+    """A ground-truth video has no frame with two agents; a copy of the agent square painted on an
+    off-path floor cell, or left behind on the previous cell, is named as such."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from grid_diagnostics import extra_agent_places
+
+    from vlm_teacher.suites.grid import grid_tasks
+    from vlm_teacher.suites.grid.render import CELL, OBJECT
+    from vlm_teacher.video import to_float
+
+    task = grid_tasks("test", n=1, families=("maze",))[0]
+    path = [s.agent for s in task.states()]
+    state = task.state
+    off = next((r, c) for r in range(state.n) for c in range(state.n)
+               if state.is_open((r, c)) and (r, c) not in path and state.target_at((r, c)) is None)
+    m = (CELL - OBJECT) // 2
+
+    def with_agent_at(cell, frame):
+        video = task.video().copy()
+        (r0, c0), (r1, c1) = path[frame], cell
+        video[frame, r1 * CELL + m:r1 * CELL + m + OBJECT, c1 * CELL + m:c1 * CELL + m + OBJECT] = \
+            video[frame, r0 * CELL + m:r0 * CELL + m + OBJECT, c0 * CELL + m:c0 * CELL + m + OBJECT]
+        return to_float(video)
+
+    assert extra_agent_places(task, to_float(task.video())) is None
+    assert extra_agent_places(task, with_agent_at(off, 2)) == ("right cell", "off the path")
+    assert extra_agent_places(task, with_agent_at(path[1], 2)) == ("right cell", "previous cell")
+    assert extra_agent_places(task, with_agent_at(path[3], 2)) == ("right cell", "later on the path")
