@@ -22,6 +22,7 @@ Everything is judged by the pixel verifier; nothing here trains or changes a mod
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections import Counter
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                "", "## Fit: tasks seen in training vs held out (seed 0)", "",
                C.markdown_table(fit, [("tasks", "tasks"), ("family", "family"), ("n", "n"),
                                       ("pass_rate", "pass rate"), ("mean_score", "mean score")])]
-    command = "python benchmarks/grid_diagnostics.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/grid_diagnostics.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     from vlm_teacher.bench import model_id
 
     notes = [f"Models: reasoner {model_id(a.reasoner)}" + (f", teacher {model_id(a.teacher)}" if a.teacher else ""),
