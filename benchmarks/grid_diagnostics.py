@@ -84,13 +84,13 @@ def extra_agent_places(task, video) -> tuple[str, ...] | None:
     """Where the agents of the first frame with two or more stand in ``video`` (the reasoner's
     (T, 3, H, W) float frames), relative to the ground truth: sorted ``AGENT_PLACES`` names, one
     per agent, or None when no frame shows two."""
-    from vlm_teacher.suites.grid.verify import _NAMES, read_cells
+    from vlm_teacher.suites.grid.verify import read_states
     from vlm_teacher.video import to_uint8
 
     path = [s.agent for s in task.states()]
-    centre = np.array(_NAMES)[read_cells(to_uint8(video), task.state.n)["centre_idx"]]
-    for t in range(1, centre.shape[0]):
-        agents = [(int(r), int(c)) for r, c in zip(*np.nonzero(centre[t] == "agent"))]
+    frames = read_states(task, to_uint8(video))  # the verifier's own reading of every cell
+    for t in range(1, len(frames)):
+        agents = frames[t].agents
         if len(agents) < 2:
             continue
         now, before = path[min(t, len(path) - 1)], path[min(t - 1, len(path) - 1)]

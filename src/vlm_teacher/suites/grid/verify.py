@@ -73,12 +73,14 @@ class Verdict:
 @dataclass
 class FrameReading:
     """What one frame shows. ``error`` is the first frame-level problem (unknown
-    colour, changed wall/target, wrong object count) or None."""
+    colour, changed wall/target, wrong object count) or None. ``agent`` is set only
+    when exactly one cell shows the agent; ``agents`` lists every such cell."""
 
     agent: Pos | None
     box: Pos | None
     error: str | None = None
     rule: str | None = None
+    agents: tuple[Pos, ...] = ()
 
 
 def as_grid_task(task_or_metadata: GridTask | Task | dict[str, Any]) -> GridTask:
@@ -173,7 +175,8 @@ def read_states(task: GridTask, video: np.ndarray, max_distance: float = MAX_DIS
         if error is None and len(boxes) != int(expect_box):
             error, rule = f"frame {t}: {len(boxes)} boxes visible (expected {int(expect_box)})", "box_count"
         out.append(FrameReading(agent=agents[0] if len(agents) == 1 else None,
-                                box=boxes[0] if len(boxes) == 1 else None, error=error, rule=rule))
+                                box=boxes[0] if len(boxes) == 1 else None, error=error, rule=rule,
+                                agents=tuple(agents)))
     return out
 
 
