@@ -823,6 +823,11 @@ def _machine(device: str) -> str:
             f"(shared with other jobs), device {device}")
 
 
+def _config(args) -> dict[str, Any]:
+    """The arguments as ``config.json`` stores them (paths as text), so a resume compares like with like."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+
+
 # ---------------------------------------------------------------------------- run
 def run(args) -> int:
     """The whole recipe; torch's thread count is restored afterwards (the recipe may run inside tests)."""
@@ -845,7 +850,7 @@ def _run(args) -> int:
             raise UserError(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume first")
         run_state = ckpt.load_state()
         saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        current = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        current = _config(args)
         changed = [k for k in ARCH_KEYS if saved.get(k) != current.get(k)]
         if changed:
             raise UserError(f"--resume with different settings than the checkpoint: {', '.join(changed)}; "
@@ -857,8 +862,7 @@ def _run(args) -> int:
     start = take_from_folder(args, models) if start_folder(args) else None
     if not args.resume:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                         if k != "func"})
+        write_json(out / "config.json", _config(args))
         run_state = ({"stage": "latents", "step": 0, "vae_steps_done": 0, "vae_stop": "taken from the folder",
                       "vae_seconds": 0.0} if start else {"stage": "vae", "step": 0})
         if start:
