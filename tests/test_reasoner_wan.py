@@ -372,7 +372,8 @@ def test_wan21_flavour_vae(wan21):
 # ---------------------------------------------------------------- memory
 
 _MEMORY_PROBE = """
-import resource, sys, tempfile, torch
+import sys, tempfile, torch
+from vlm_teacher.methods import _reset_rss_peak, _rss_peak_mb
 from vlm_teacher.testing.tiny_wan import build_tiny_wan_pipeline
 from vlm_teacher.reasoner.wan import WanReasoner
 torch.set_num_threads(1)
@@ -380,9 +381,10 @@ folder = build_tiny_wan_pipeline(tempfile.mkdtemp() + "/m", vae_base_dim=32, hei
 r = WanReasoner.from_pretrained(folder)
 r.vae_checkpointing = sys.argv[1] == "1"
 latent = r.prepare("x", None, seed=0).noise.requires_grad_(True)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+_reset_rss_peak()  # the peak from building the model must not hide the preview's (ru_maxrss never resets)
+base = _rss_peak_mb()
 r.preview(latent, list(range(33))).mean().backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+print(int(_rss_peak_mb() - base))
 """
 
 
