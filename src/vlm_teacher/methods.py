@@ -51,10 +51,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from .errors import UserError
 from .optimize import TTOConfig
+from .reasoner.base import Reasoner, uniform_frame_indices
 from .task import Queries, Task
+from .teacher.base import Teacher
 
 log = logging.getLogger("vlm_teacher")
 
@@ -124,8 +127,8 @@ class MethodContext:
     ``verifier`` is needed by ``oracle_pass_at_n`` only.
     """
 
-    reasoner: Any
-    teacher: Any = None
+    reasoner: Reasoner
+    teacher: Teacher | None = None
     tto: TTOConfig = field(default_factory=TTOConfig)
     num_frames: int | None = None
     verifier: Verifier | None = None
@@ -133,7 +136,7 @@ class MethodContext:
 
     @property
     def fps(self) -> int:
-        return int(getattr(self.reasoner, "fps", 8))
+        return int(self.reasoner.fps)
 
     def video_shape(self, task: Task) -> dict[str, int]:
         """``num_frames`` / ``height`` / ``width`` for ``reasoner.prepare``: the context's
@@ -151,14 +154,12 @@ class MethodContext:
 class _Meter:
     """Wall time and peak memory of one method call (see the module docstring)."""
 
-    def __init__(self, device: Any) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.device = device
         self.scope = "call"
 
     def __enter__(self) -> "_Meter":
-        import torch
-
-        if getattr(self.device, "type", None) == "cuda":
+        if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         elif not _reset_rss_peak():
@@ -167,9 +168,7 @@ class _Meter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        import torch
-
-        if getattr(self.device, "type", None) == "cuda":
+        if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         else:
@@ -199,13 +198,6 @@ def _rss_peak_mb() -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def sampler_steps(reasoner: Any) -> int:
-    """Transformer calls of one few-step sample."""
-    defaults = getattr(reasoner, "defaults", None)
-    steps = getattr(defaults, "steps", None) or getattr(reasoner, "steps", None)
-    return int(steps or 4)
-
-
 def candidate_seeds(seed: int, n: int) -> list[int]:
     """Seeds of N candidates; the first is ``seed`` itself (the frozen sample)."""
     return [int(seed) + i * SEED_STRIDE for i in range(n)]
@@ -230,14 +222,13 @@ class Method:
             raise UserError(f"method {self.name} needs a teacher model")
         if self.needs_verifier and ctx.verifier is None:
             raise UserError(f"method {self.name} needs a suite with a verifier (the grid suite)")
-        _drop_lora(ctx.reasoner)  # a previous TTO run must never leak its adapter into this one
-        device = getattr(ctx.reasoner, "device", None)
+        ctx.reasoner.remove_lora()  # a previous TTO run must never leak its adapter into this one
         counts = {"reasoner": 0, "teacher": 0}
-        with _Meter(device) as meter:
+        with _Meter(ctx.reasoner.device) as meter:
             try:
                 out = self._run(ctx, task, int(seed), counts)
             finally:
-                _drop_lora(ctx.reasoner)
+                ctx.reasoner.remove_lora()
         out.cost = Cost(wall_s=meter.wall_s, reasoner_calls=counts["reasoner"], teacher_calls=counts["teacher"],
                         peak_mem_mb=meter.peak_mb)
         out.extra.setdefault("peak_mem_scope", meter.scope)
@@ -249,12 +240,10 @@ class Method:
     # helpers shared by the sampling methods
     def _sample(self, ctx: MethodContext, prompt: str, task: Task, seed: int, counts: dict[str, int]):
         """One frozen few-step sample: (F, 3, H, W) float in [0, 1]."""
-        import torch
-
         cond = ctx.reasoner.prepare(prompt, task.first_frame, seed, **ctx.video_shape(task))
         with torch.no_grad():
             video = ctx.reasoner.generate(cond)
-        counts["reasoner"] += sampler_steps(ctx.reasoner)
+        counts["reasoner"] += cond.steps
         return video
 
     def _best_of(self, ctx, task, seed, counts, judge):
@@ -274,12 +263,6 @@ class Method:
         return f"<method {self.name}>"
 
 
-def _drop_lora(reasoner: Any) -> None:
-    remove = getattr(reasoner, "remove_lora", None)
-    if remove is not None:
-        remove()
-
-
 def _to_uint8(video) -> np.ndarray:
     from .video import to_uint8
 
@@ -297,7 +280,8 @@ class Frozen(Method):
 
 
 class BestOfN(Method):
-    """N samples, the best by the teacher's lambda-weighted P(Yes) on its own queries."""
+    """N samples, the best by the teacher's lambda-weighted -log P(Yes) on its own queries: the
+    loss TTO minimises (``teacher_score`` is its negative, higher is better)."""
 
     uses_teacher = True
     description = "N seeds, the best by the teacher's score"
@@ -312,8 +296,6 @@ class BestOfN(Method):
         return {**super().config(), "n": self.n}
 
     def _run(self, ctx, task, seed, counts):
-        from .reasoner.base import uniform_frame_indices
-
         queries = ctx.teacher.propose_queries(task.prompt, task.first_frame)
         counts["teacher"] += 1
 
@@ -321,7 +303,8 @@ class BestOfN(Method):
             idx = uniform_frame_indices(int(video.shape[0]), ctx.tto.num_frames_shown)
             judged = ctx.teacher.score(video[idx], queries, lam=ctx.tto.lam)
             counts["teacher"] += 1
-            return judged["score"], {"teacher_score": judged["score"], "p_yes": judged["p_yes"]}
+            return -judged["loss"], {"teacher_score": -judged["loss"], "teacher_loss": judged["loss"],
+                                     "p_yes": judged["p_yes"]}
 
         score, s, video, candidates = self._best_of(ctx, task, seed, counts, judge)
         return MethodOutput(video=_to_uint8(video), steps=self.n, stop_reason="best_of_n", queries=queries,
@@ -386,10 +369,8 @@ class TTO(Method):
         cfg = self.tto_config(ctx)
         result = teach(ctx.reasoner, ctx.teacher, task, cfg, seed=seed, **ctx.video_shape(task),
                        progress=ctx.progress)
-        s = sampler_steps(ctx.reasoner)
-        per_x0 = 1 if cfg.x0_mode == "first" else s
-        counts["reasoner"] += len(result.history) * per_x0 + s
-        counts["teacher"] += len(result.history) + (1 if result.queries.source in ("teacher", "fallback") else 0)
+        counts["reasoner"] += int(result.cost["reasoner_calls"])
+        counts["teacher"] += int(result.cost["teacher_calls"])
         return MethodOutput(video=_to_uint8(result.video), steps=result.steps, stop_reason=result.stop_reason,
                             history=result.history, queries=result.queries,
                             extra={"updates": result.updates, "seconds": result.seconds, "config": asdict(cfg)})
@@ -445,8 +426,6 @@ class VideoTPO(Method):
         return {**super().config(), "rounds": self.rounds, "frames": TPO_FRAMES, "prompt_version": TPO_VERSION}
 
     def _run(self, ctx, task, seed, counts):
-        from .reasoner.base import uniform_frame_indices
-
         prompt = task.prompt
         seeds = candidate_seeds(seed, 2)
         history: list[dict[str, Any]] = []
@@ -481,47 +460,72 @@ _TTO_ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "tto_all_steps": ({"x0_mode": "all"}, "backprop through all denoising steps"),
 }
 
+#: base name -> factory(argument after ":", "" when none) -> Method, or None when the argument
+#: does not fit; add one with ``register_method``
+_REGISTRY: dict[str, Callable[[str], Method | None]] = {}
 #: every name the registry knows; <N>, <R>, <K>, <S> are integers
-METHOD_PATTERNS = ("frozen", "best_of_n[:N]", "oracle_pass_at_n[:N]", *_TTO_ABLATIONS, "tto_k<K>", "tto_fixed<S>",
-                   "solver", "videotpo[:R]")
+METHOD_PATTERNS: tuple[str, ...] = ()
+
+
+def register_method(name: str, factory: Callable[[str], Method | None], pattern: str | None = None) -> None:
+    """Make ``name`` (and ``name:ARG``) a method name: ``factory(arg)`` builds the Method, ``arg``
+    being what follows the colon ("" without one), or returns None to refuse it (``no_argument``
+    wraps a method that takes none). ``pattern`` is how help texts list it (default ``name``)."""
+    global METHOD_PATTERNS
+    if name in _REGISTRY:
+        raise ValueError(f"method {name!r} is registered already")
+    _REGISTRY[name] = factory
+    METHOD_PATTERNS = (*METHOD_PATTERNS, pattern or name)
+
+
+def no_argument(make: Callable[[], Method]) -> Callable[[str], Method | None]:
+    """The factory of a method that takes no ``:ARG``."""
+    return lambda arg: None if arg else make()
+
+
+def _counted(name: str, what: str, default: int, make: Callable[[int], Method]) -> Callable[[str], Method]:
+    """The factory of a method with an optional positive-integer ``:ARG`` (N candidates, R rounds)."""
+    def factory(arg: str) -> Method:
+        if arg and not arg.isdigit():
+            raise UserError(f"method {name + ':' + arg!r}: {what} must be a positive integer, e.g. {name}:{default}")
+        return make(int(arg) if arg else default)
+    return factory
+
+
+register_method("frozen", no_argument(Frozen))
+register_method("best_of_n", _counted("best_of_n", "N", DEFAULT_N, BestOfN), "best_of_n[:N]")
+register_method("oracle_pass_at_n", _counted("oracle_pass_at_n", "N", DEFAULT_N, OraclePassAtN),
+                "oracle_pass_at_n[:N]")
+for _name, (_changes, _desc) in _TTO_ABLATIONS.items():
+    register_method(_name, no_argument(lambda n=_name, c=_changes, d=_desc: TTO(n, c, d)))
+METHOD_PATTERNS = (*METHOD_PATTERNS, "tto_k<K>", "tto_fixed<S>")
+register_method("solver", no_argument(Solver))
+register_method("videotpo", _counted("videotpo", "R", DEFAULT_TPO_ROUNDS, VideoTPO), "videotpo[:R]")
+
+
+def _tto_family(base: str) -> Method | None:
+    """``tto_k<K>`` and ``tto_fixed<S>``: names that carry their number without a colon."""
+    m = re.fullmatch(r"tto_k(\d+)", base)
+    if m:
+        k = int(m.group(1))
+        if k < 1:
+            raise UserError(f"method {base!r}: K must be >= 1")
+        return TTO(base, {"num_frames_shown": k}, f"K = {k} frames shown to the teacher")
+    m = re.fullmatch(r"tto_fixed(\d+)", base)
+    if m:
+        return TTO(base, {"fixed_steps": int(m.group(1))}, f"fixed budget of {int(m.group(1))} updates")
+    return None
 
 
 def parse_method(name: str) -> Method:
     """The one place that turns a method name (``best_of_n:8``, ``tto_k12``, ...) into a Method."""
     raw = str(name).strip()
     base, _, arg = raw.partition(":")
-
-    def number(what: str, default: int) -> int:
-        if not arg:
-            return default
-        if not arg.isdigit():
-            raise UserError(f"method {raw!r}: {what} must be a positive integer, e.g. {base}:{default}")
-        return int(arg)
-
-    if base == "frozen" and not arg:
-        return Frozen()
-    if base == "best_of_n":
-        return BestOfN(number("N", DEFAULT_N))
-    if base == "oracle_pass_at_n":
-        return OraclePassAtN(number("N", DEFAULT_N))
-    if base == "videotpo":
-        return VideoTPO(number("R", DEFAULT_TPO_ROUNDS))
-    if base == "solver" and not arg:
-        return Solver()
-    if not arg:
-        if base in _TTO_ABLATIONS:
-            changes, desc = _TTO_ABLATIONS[base]
-            return TTO(base, changes, desc)
-        m = re.fullmatch(r"tto_k(\d+)", base)
-        if m:
-            k = int(m.group(1))
-            if k < 1:
-                raise UserError(f"method {raw!r}: K must be >= 1")
-            return TTO(base, {"num_frames_shown": k}, f"K = {k} frames shown to the teacher")
-        m = re.fullmatch(r"tto_fixed(\d+)", base)
-        if m:
-            return TTO(base, {"fixed_steps": int(m.group(1))}, f"fixed budget of {int(m.group(1))} updates")
-    raise UserError(f"unknown method {raw!r}; known: {', '.join(METHOD_PATTERNS)}")
+    factory = _REGISTRY.get(base)
+    method = factory(arg) if factory is not None else (_tto_family(base) if not arg else None)
+    if method is None:
+        raise UserError(f"unknown method {raw!r}; known: {', '.join(METHOD_PATTERNS)}")
+    return method
 
 
 def get_method(name: str) -> Method:

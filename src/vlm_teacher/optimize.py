@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import UserError
+from .objective import weighted_loss
 from .reasoner.base import X0_MODES, Reasoner, uniform_frame_indices
 from .task import Queries, Task
 from .teacher.base import Teacher
@@ -115,15 +116,6 @@ class TTOResult:
         }
 
 
-def weighted_loss(logp_yes: torch.Tensor, lam: float) -> torch.Tensor:
-    """L = lam * L_goal + (1 - lam)/M * sum_m L_proc_m, with L_q = -log P(Yes | q).
-    ``logp_yes`` is ordered goal first (``Queries.all``)."""
-    nll = -logp_yes
-    if nll.numel() == 1:
-        return nll[0]
-    return lam * nll[0] + (1.0 - lam) * nll[1:].mean()
-
-
 def _questions_needed(queries: Queries, lam: float) -> list[str]:
     # with lam == 1 the process questions carry no weight: do not pay for them
     return [queries.goal] if lam >= 1.0 else queries.all
@@ -175,7 +167,7 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
 
     from .teacher.queries import generic_queries
 
-    device = getattr(reasoner, "device", torch.device("cpu"))
+    device = reasoner.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t_start = time.perf_counter()
@@ -197,7 +189,6 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
 
     history: list[dict[str, Any]] = []
     updates = 0
-    reasoner_calls = 0
     pending: tuple[dict[str, Any], torch.Tensor] | None = None  # (entry, grad norm on the device)
 
     def finish(entry: dict[str, Any], grad_norm: float | None) -> None:
@@ -220,7 +211,6 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         latent = reasoner.predict_x0(cond, mode=cfg.x0_mode)
-        reasoner_calls += 1
         frames = reasoner.preview(latent, frame_idx)
         logp = teacher.yes_logprob(frames, questions)
         teacher_calls += 1
@@ -273,7 +263,6 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
     with torch.no_grad():
         video = reasoner.generate(cond)
     t_end = time.perf_counter()
-    sampler_steps = int(getattr(reasoner, "steps", 4))
     return TTOResult(
         video=video,
         queries=queries,
@@ -287,7 +276,7 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
             "total": t_end - t_start,
         },
         cost={
-            "reasoner_calls": reasoner_calls * _calls_per_x0(cfg.x0_mode, sampler_steps) + sampler_steps,
+            "reasoner_calls": count_reasoner_calls(cfg.x0_mode, cond.steps, len(history)),
             "teacher_calls": teacher_calls,
             "peak_mem_mb": peak_memory_mb(device),
         },
@@ -319,6 +308,9 @@ def guarded_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], g
             tensor.copy_(torch.where(ok.to(tensor.device), tensor, before))
 
 
-def _calls_per_x0(mode: str, sampler_steps: int) -> int:
-    """Transformer forward passes behind one ``predict_x0``."""
-    return 1 if mode == "first" else sampler_steps
+def count_reasoner_calls(x0_mode: str, sampler_steps: int, evaluated_steps: int) -> int:
+    """Transformer forward passes of a TTO run (the one place that counts them): each evaluated
+    step's ``predict_x0`` (one call at ``first``, the whole sampler otherwise) plus the final
+    few-step sample; ``sampler_steps`` is the prepared sampler's (``Conditioning.steps``)."""
+    per_x0 = 1 if x0_mode == "first" else sampler_steps
+    return evaluated_steps * per_x0 + sampler_steps

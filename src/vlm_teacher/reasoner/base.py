@@ -27,14 +27,44 @@ class Conditioning:
     width: int
     noise: torch.Tensor
     extra: dict[str, Any]
+    #: transformer calls of one few-step sample from this conditioning (``prepare(steps=...)``
+    #: or the model's default): what every cost count reads
+    steps: int
 
 
 class Reasoner(Protocol):
+    """The whole contract between the loop, the methods, the benchmark and a video model.
+
+    Attributes and properties every adapter provides:
+
+    * ``device`` - where the models run;
+    * ``fps`` - frames per second of the videos it makes (written into video files);
+    * ``sampler_steps`` - transformer calls of one default few-step sample
+      (``prepare`` without ``steps``); the prepared value is ``Conditioning.steps``;
+    * ``lora_config`` - ``{"rank", "alpha", "targets", "seed"}`` of the attached LoRA, None
+      when none is attached;
+    * ``sync_grad_norm`` - a speed switch beside the adapter's others (see
+      ``optimize.GradNormGuard``): False (default) keeps one host-device sync per
+      optimisation step, True reads the gradient norm right after backward (two syncs).
+    """
+
     device: torch.device
+    sync_grad_norm: bool
+
+    @property
+    def fps(self) -> int: ...
+
+    @property
+    def sampler_steps(self) -> int: ...
+
+    @property
+    def lora_config(self) -> dict[str, Any] | None: ...
 
     def prepare(self, prompt: str, first_frame: np.ndarray | None, seed: int, *,
                 num_frames: int | None = None, height: int | None = None,
-                width: int | None = None) -> Conditioning: ...
+                width: int | None = None) -> Conditioning:
+        """Encode text and first frame once and draw the fixed noise; ``num_frames`` must be
+        4k+1 (``check_num_frames``). The returned ``Conditioning.steps`` is the sampler's."""
 
     def predict_x0(self, cond: Conditioning, mode: str = "first") -> torch.Tensor:
         """The clean latent the teacher judges, with gradients to the LoRA only.
@@ -52,7 +82,8 @@ class Reasoner(Protocol):
                  targets: Sequence[str] | None = None, seed: int = 0) -> list[torch.nn.Parameter]:
         """Attach a fresh LoRA (replacing any previous one); return its trainable parameters."""
 
-    def remove_lora(self) -> None: ...
+    def remove_lora(self) -> None:
+        """Drop the adapter (a no-op without one): the model computes exactly the base model."""
 
     def save_lora(self, path: str | Path) -> Path: ...
 

@@ -211,6 +211,8 @@ class WanReasoner:
     - ``preview_needed_only`` (default on): the preview decodes only the latent
       frames its pixel frames need (a prefix; the causal VAE makes it exact);
     - ``compile``: ``torch.compile`` of the transformer's repeated blocks (off by default);
+    - ``sync_grad_norm`` (default off): the loop reads the gradient norm on the host right
+      after backward (two host-device syncs per step) instead of at the next step's one sync;
     - ``preview_decoder``: a lightweight surrogate decoder for the preview (the paper's
       choice; ``load_preview_decoder``), None = the full VAE (default). The final video
       is always decoded by the full VAE.
@@ -232,6 +234,7 @@ class WanReasoner:
         self.path = path
         self.vae_checkpointing = False
         self.preview_needed_only = True
+        self.sync_grad_norm = False
         self.preview_decoder: torch.nn.Module | None = None
         self._text_cache: dict[str, torch.Tensor] = {}
         self._compiled = False
@@ -318,6 +321,11 @@ class WanReasoner:
     @property
     def fps(self) -> int:
         return self.defaults.fps
+
+    @property
+    def sampler_steps(self) -> int:
+        """Transformer calls of one default few-step sample (``prepare`` without ``steps``)."""
+        return self.defaults.steps
 
     @property
     def dtype(self) -> torch.dtype:
@@ -452,7 +460,7 @@ class WanReasoner:
             "num_tokens": (shape[2] // p_t) * (shape[3] // p_h) * (shape[4] // p_w),
         }
         return Conditioning(prompt=prompt, seed=int(seed), num_frames=num_frames, height=height,
-                            width=width, noise=noise, extra=extra)
+                            width=width, noise=noise, extra=extra, steps=steps)
 
     def set_prompt_embeds(self, prompt: str, embeds: torch.Tensor | None) -> None:
         """Use ``embeds`` (1, L, text_dim) as the text encoding of ``prompt`` from now on

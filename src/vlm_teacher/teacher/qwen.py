@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..objective import weighted_loss
 from ..task import Queries
 from . import pixels
 from .queries import fallback_queries, parse_queries, query_prompt
@@ -481,18 +482,22 @@ class QwenVLTeacher:
         return self.answer_logprob(frames.detach(), questions).exp()
 
     def score(self, frames: torch.Tensor | np.ndarray, queries: Queries, lam: float = 0.5) -> dict[str, Any]:
-        """Teacher's judgement of a video (no grad): P("Yes") per query and the
-        lambda-weighted mean (goal weight ``lam``, process queries share ``1 - lam``).
+        """Teacher's judgement of a video (no grad): P("Yes") per query, the
+        lambda-weighted mean (goal weight ``lam``, process queries share ``1 - lam``) and
+        the lambda-weighted -log P(Yes) that TTO minimises (``loss``; best-of-N ranks by it).
         ``frames``: the K frames the teacher should see, (K, 3, H, W) float in [0, 1] or
         uint8 (K, H, W, 3); subsample a long video first (all given frames are encoded)."""
         if isinstance(frames, np.ndarray):
             from ..video import to_float
 
             frames = to_float(frames)
-        p = self.yes_prob_no_grad(frames, queries.all).float().cpu().tolist()
+        with torch.no_grad():
+            logp = self.answer_logprob(frames.detach(), queries.all).float()
+        p = logp.exp().cpu().tolist()
         goal, process = p[0], p[1:]
         return {"questions": queries.all, "p_yes": p, "goal": goal, "process": process,
-                "score": lam * goal + (1.0 - lam) * sum(process) / len(process)}
+                "score": lam * goal + (1.0 - lam) * sum(process) / len(process),
+                "loss": float(weighted_loss(logp, lam))}
 
     # ------------------------------------------------------------ generation
 
