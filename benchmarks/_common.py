@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -20,23 +18,11 @@ sys.path.insert(0, str(ROOT.parent / "src"))  # run from a checkout without inst
 
 
 def machine() -> dict[str, Any]:
-    """What the figures were measured on (written next to every table)."""
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "logical_cpus": os.cpu_count(),
-    }
-    for name in ("transformers", "diffusers", "peft"):
-        try:
-            info[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001
-            info[name] = None
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+    """What the figures were measured on (written next to every table): ``runtime.machine_info``
+    and the commit."""
+    from vlm_teacher.runtime import machine_info
+
+    info = machine_info()
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                         text=True, timeout=10).stdout.strip() or None
@@ -113,7 +99,7 @@ def write_results(name: str, title: str, command: str, table: str, rows: list[di
     out = out_dir or RESULTS
     out.mkdir(parents=True, exist_ok=True)
     info = meta.get("machine", {})
-    where = info.get("gpu") or f"CPU ({info.get('cpu_threads')} threads)"
+    where = info.get("gpu") or f"CPU ({info.get('torch_threads')} threads)"
     lines = [f"# {title}", "", f"Command: `{command}`", "",
              f"Machine: {where}; torch {info.get('torch')}, transformers {info.get('transformers')}, "
              f"diffusers {info.get('diffusers')}; commit {info.get('commit')}"

@@ -2,7 +2,7 @@
 
 For Wan2.2-TI2V-5B with Qwen3-VL-4B or Qwen2.5-VL-7B at 89 frames (1280x704 and
 832x480), K = 24 frames shown and Q = 4 questions, it computes with
-``vlm_teacher.flops`` (formulas checked against torch's FlopCounterMode in
+``vlm_teacher.perf.flops`` (formulas checked against torch's FlopCounterMode in
 tests/test_perf.py):
 
 - the FLOPs of one test-time step by component (forward + backward) and of one frozen
@@ -29,8 +29,8 @@ import torch
 
 import _common as C
 
-from vlm_teacher import flops as F
-from vlm_teacher.presets import QWEN_PRESETS, WAN_PRESETS, build_qwen_teacher, build_wan_reasoner, count_parameters
+from vlm_teacher.perf import flops as F
+from vlm_teacher.perf.presets import QWEN_PRESETS, WAN_PRESETS, build_qwen_teacher, build_wan_reasoner, count_parameters
 from vlm_teacher.reasoner.base import uniform_frame_indices
 from vlm_teacher.reasoner.surrogate import TinyWanDecoder
 from vlm_teacher.task import Queries
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "the 'row per question' column is the LM cost without it.",
         f"{a.frames} frames, K = {a.k} frames shown (uniform, so the last latent frame is always needed), "
         f"Q = 4 questions (1 goal + 3 process), LoRA rank {rank} on attn q/k/v/out, {a.steps} steps.",
-        "FLOPs: vlm_teacher/flops.py (matrix products; backward = input gradients through frozen weights + LoRA "
+        "FLOPs: vlm_teacher/perf/flops.py (matrix products; backward = input gradients through frozen weights + LoRA "
         "weight gradients; checkpoint recomputation not counted; causal attention counted as half the square).",
         "FLOP ratio = (steps x step + final generation of the adapted model) / frozen generation: what the "
         "instance costs relative to one frozen generation if every FLOP ran at the same rate. "
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpointing keeps every latent frame's causal cache and recomputes one frame at a time in backward "
         "(cache x frames + one frame). Not included: weights, the teacher's activations, allocator overheads "
         "(the GPU run of full_size.py measures the real peak).",
-        "Random-weight architectures from vlm_teacher/presets.py (recalled configs, see its docstring).",
+        "Random-weight architectures from vlm_teacher/perf/presets.py (recalled configs, see its docstring).",
     ]
     meta = {"machine": C.machine(), "flop_rows": flop_rows, "memory_rows": mem_rows, "params": params}
     path = C.write_results(a.out, "Full-size step by construction: FLOPs and preview memory (analytic)", command,

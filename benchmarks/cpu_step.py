@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 on_step=lambda e: marks.append(time.process_time()))
     secs = [e["seconds"] for e in res.history]
     cpu = [b - c for c, b in zip(marks, marks[1:])]
-    cpu = cpu[:-1] if not cfg.sync_grad_norm else cpu  # lazily the last window holds only the last backward
+    cpu = cpu[:-1] if not reasoner.sync_grad_norm else cpu  # lazily the last window holds only the last backward
     row: dict[str, Any] = {
         "models": which, "size": f"{cond.width}x{cond.height}", "frames": cond.num_frames,
         "k": cfg.num_frames_shown, "questions": len(res.queries.all), "steps": res.steps,

@@ -2,14 +2,14 @@
 
 Builds Wan2.2-TI2V-5B (transformer + VAE) and the teachers (Qwen3-VL-4B, Qwen2.5-VL-7B)
 from their published architectures with random weights, directly on the device in
-bfloat16 (``vlm_teacher.presets``), and measures in one run, per teacher and size:
+bfloat16 (``vlm_teacher.perf.presets``), and measures in one run, per teacher and size:
 
 - one test-time step of the real loop (``optimize.teach`` with a fixed budget):
   x0 prediction -> preview of K frames -> teacher on all questions -> backward ->
   AdamW step; median over steps 2..S (step 1 is reported apart: warm-up);
 - one frozen 4-step generation with the full VAE decode (best of ``--gen-repeats``);
 - the instance: S steps + the final generation of the adapted model, measured;
-- peak GPU memory of the step and of the generation; FLOPs (``vlm_teacher.flops``,
+- peak GPU memory of the step and of the generation; FLOPs (``vlm_teacher.perf.flops``,
   analytic) and model FLOP utilisation; host-device syncs per step (CUDA only,
   counted with ``torch.cuda.set_sync_debug_mode``).
 
@@ -39,9 +39,9 @@ import torch
 
 import _common as C
 
-from vlm_teacher import flops as F
+from vlm_teacher.perf import flops as F
 from vlm_teacher.optimize import TTOConfig, teach
-from vlm_teacher.presets import build_qwen_teacher, build_wan_reasoner, random_prompt_embeds, wan_preset
+from vlm_teacher.perf.presets import build_qwen_teacher, build_wan_reasoner, random_prompt_embeds, wan_preset
 from vlm_teacher.reasoner.base import uniform_frame_indices
 from vlm_teacher.reasoner.surrogate import TinyWanDecoder
 from vlm_teacher.task import Queries, Task
@@ -202,7 +202,8 @@ def run_case(reasoner, teacher, teacher_name: str, size: tuple[int, int], a: arg
     first = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     task = Task(id=f"bench-{width}x{height}", prompt=PROMPT, first_frame=first)
     reasoner.set_prompt_embeds(PROMPT, random_prompt_embeds(reasoner, seed=a.seed))
-    cfg = TTOConfig(fixed_steps=a.steps, num_frames_shown=a.k, sync_grad_norm=a.sync_grad_norm)
+    reasoner.sync_grad_norm = a.sync_grad_norm
+    cfg = TTOConfig(fixed_steps=a.steps, num_frames_shown=a.k)
     row: dict[str, Any] = {"teacher": teacher_name, "size": f"{width}x{height}", "frames": a.frames, "k": a.k,
                            "questions": len(QUERIES.all), "preview": a.preview, "steps": a.steps}
 
@@ -268,8 +269,7 @@ def run_case(reasoner, teacher, teacher_name: str, size: tuple[int, int], a: arg
     if device.type == "cuda" and not a.no_count_syncs:
         marks: list[int] = []
         with SyncCounter() as counter:
-            teach(reasoner, teacher, task, TTOConfig(fixed_steps=4, num_frames_shown=a.k,
-                                                     sync_grad_norm=a.sync_grad_norm),
+            teach(reasoner, teacher, task, TTOConfig(fixed_steps=4, num_frames_shown=a.k),
                   seed=a.seed, queries=QUERIES, num_frames=a.frames, progress=False,
                   on_step=lambda e: marks.append(counter.count))
         windows = [b - c for c, b in zip(marks, marks[1:])][:-1] or [b - c for c, b in zip(marks, marks[1:])]
@@ -345,10 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         "step peak = max memory allocated over the steps (reserved in the JSON); "
         f"fits = reserved peak <= {FITS_GIB} GiB." if device.type == "cuda" else
         "On CPU the peak is the process's resident-set high-water mark (it includes everything before).",
-        "FLOPs: vlm_teacher/flops.py (matrix products only; backward = input gradients through frozen "
+        "FLOPs: vlm_teacher/perf/flops.py (matrix products only; backward = input gradients through frozen "
         "weights + LoRA weight gradients; checkpoint recomputation not counted). "
         f"MFU against {peak} TFLOP/s bf16 dense." if peak else "MFU needs a GPU (peak FLOP/s).",
-        "Random weights (vlm_teacher.presets): the shapes, hence time and memory, are the real models'; "
+        "Random weights (vlm_teacher.perf.presets): the shapes, hence time and memory, are the real models'; "
         "random prompt embeddings replace the UMT5 text encoder (once per instance, outside the step).",
         f"Switches: {switches(a)}",
     ]

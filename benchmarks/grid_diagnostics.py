@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                C.markdown_table(fit, [("tasks", "tasks"), ("family", "family"), ("n", "n"),
                                       ("pass_rate", "pass rate"), ("mean_score", "mean score")])]
     command = "python benchmarks/grid_diagnostics.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    from vlm_teacher.bench import model_id
+    from vlm_teacher.identity import model_id
 
     notes = [f"Models: reasoner {model_id(a.reasoner)}" + (f", teacher {model_id(a.teacher)}" if a.teacher else ""),
              f"Test tasks: the first {a.tasks} per family of grid:test; seeds as best_of_n draws them "

@@ -51,7 +51,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
              {"dtype": "bfloat16"}),
     "compile": ("torch.compile of the Wan transformer blocks (WanReasoner.compile)", {"compile": False},
                 {"compile": True}),
-    "one_sync": ("one host sync per step: grad norm read lazily (TTOConfig.sync_grad_norm=False) vs on the "
+    "one_sync": ("one host sync per step: grad norm read lazily (reasoner.sync_grad_norm=False) vs on the "
                  "host right after backward (True)", {"sync_grad_norm": True}, {"sync_grad_norm": False}),
 }
 DEFAULTS = {"transformer_ckpt": False, "teacher_ckpt": False, "vae_ckpt": False, "needed_only": True,
@@ -69,7 +69,7 @@ def run_variant(settings: dict[str, Any], steps: int, threads: int) -> dict[str,
 
     torch.set_num_threads(threads)
     from vlm_teacher.optimize import TTOConfig, teach
-    from vlm_teacher.presets import build_qwen_teacher, build_wan_reasoner, random_prompt_embeds
+    from vlm_teacher.perf.presets import build_qwen_teacher, build_wan_reasoner, random_prompt_embeds
     from vlm_teacher.reasoner.surrogate import TinyWanDecoder
     from vlm_teacher.task import Queries, Task
 
@@ -95,7 +95,8 @@ def run_variant(settings: dict[str, Any], steps: int, threads: int) -> dict[str,
     reasoner.set_prompt_embeds(prompt, random_prompt_embeds(reasoner))
     queries = Queries(goal="Does the agent reach the green square?",
                       process=("Does it move one cell per step?", "Does it avoid walls?", "Do walls stay?"))
-    cfg = TTOConfig(fixed_steps=steps, num_frames_shown=K, sync_grad_norm=s["sync_grad_norm"])
+    reasoner.sync_grad_norm = s["sync_grad_norm"]
+    cfg = TTOConfig(fixed_steps=steps, num_frames_shown=K)
     marks: list[tuple[float, float]] = []  # (process CPU seconds, RSS peak) whenever a step's record completes
     res = teach(reasoner, teacher, Task(id="switch", prompt=prompt, first_frame=first), cfg, seed=0,
                 queries=queries, num_frames=FRAMES, progress=False,

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from vlm_teacher.cli import main
-from vlm_teacher.cli_demo import matched_n, matching_note
+from vlm_teacher.cli.demo import matched_n, matching_note
 
 
 def test_matched_n_follows_the_wall_time_ratio():

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_teacher import flops as F
+from vlm_teacher.perf import flops as F
 from vlm_teacher.errors import UserError
-from vlm_teacher.presets import (QWEN_PRESETS, WAN_PRESETS, build_qwen_teacher, build_wan_reasoner,
+from vlm_teacher.perf.presets import (QWEN_PRESETS, WAN_PRESETS, build_qwen_teacher, build_wan_reasoner,
                                  count_parameters, random_prompt_embeds)
 from vlm_teacher.reasoner.surrogate import TinyWanDecoder
 from vlm_teacher.task import Queries
@@ -362,7 +362,8 @@ def test_lazy_and_synced_grad_norm_give_the_same_run(tiny_wan_dir, tiny_qwen25_d
     runs = {}
     for sync in (True, False):
         seen = []
-        cfg = TTOConfig(fixed_steps=3, num_frames_shown=2, lr=1e-2, sync_grad_norm=sync)
+        reasoner.sync_grad_norm = sync
+        cfg = TTOConfig(fixed_steps=3, num_frames_shown=2, lr=1e-2)
         res = teach(reasoner, teacher, task, cfg, queries=queries, progress=False, on_step=seen.append)
         assert [e["step"] for e in seen] == [1, 2, 3] and all("grad_norm" in e for e in seen)
         runs[sync] = res

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,36 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder beside ``dest``; on success it takes ``dest``'s place (the old folder
+    is moved aside first and removed last, so a kill leaves the old or the new folder whole,
+    or the new one beside ``<dest>.old``). On error ``dest`` is untouched."""
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = dest.with_name(dest.name + ".old")
+    if dest.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        dest.rename(old)
+    tmp.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one path component: anything but letters, digits and ``._+-`` becomes ``-``."""
+    return "".join(c if c.isalnum() or c in "._+-" else "-" for c in text)
 
 
 def write_bytes(dest: str | os.PathLike, data: bytes) -> None:

@@ -19,7 +19,7 @@ knows the grammar):
   verifier (an upper bound; only where a verifier exists, i.e. the grid suite).
 * ``tto`` - the teacher's test-time optimisation (``optimize.teach``) with the
   context's base ``TTOConfig`` (the paper's defaults unless overridden).
-* ablations of METHOD.md: ``tto_generic`` (task-agnostic queries),
+* ablations of docs/method.md: ``tto_generic`` (task-agnostic queries),
   ``tto_lam1`` (goal query only), ``tto_lam0`` (process queries only),
   ``tto_last_step`` / ``tto_all_steps`` (which denoising step gets the
   gradient), ``tto_k<K>`` (K frames shown), ``tto_fixed<S>`` (exactly S updates).
@@ -34,19 +34,15 @@ Cost accounting (the same for every method, measured around ``run``):
 worker); ``reasoner_calls`` counts transformer forward passes (a 4-step sample
 is 4; the text encoder and the VAE are not counted); ``teacher_calls`` counts
 calls into the teacher (one generation, one scoring pass, or one optimisation
-step's yes/no pass each); ``peak_mem_mb`` is the CUDA peak allocation during
-the call, or on CPU the peak resident memory of the process during the call
-(Linux resets it through /proc/self/clear_refs; elsewhere it is the process'
-high-water mark and says so in ``peak_mem_scope``).
+step's yes/no pass each); ``peak_mem_mb`` is ``runtime.MemoryMeter``'s peak during
+the call (the same definition as ``vlm-teacher run``'s history.json; where the CPU
+peak cannot be reset, ``peak_mem_scope`` says "process").
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import resource
-import sys
-import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -56,6 +52,7 @@ import torch
 from .errors import UserError
 from .optimize import TTOConfig
 from .reasoner.base import Reasoner, uniform_frame_indices
+from .runtime import MemoryMeter
 from .task import Queries, Task
 from .teacher.base import Teacher
 
@@ -150,54 +147,6 @@ class MethodContext:
         return {k: int(v) for k, v in shape.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
 
 
-# ---------------------------------------------------------------- measuring
-class _Meter:
-    """Wall time and peak memory of one method call (see the module docstring)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.scope = "call"
-
-    def __enter__(self) -> "_Meter":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif not _reset_rss_peak():
-            self.scope = "process"
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            self.peak_mb = _rss_peak_mb()
-        self.wall_s = time.perf_counter() - self.t0
-
-
-def _reset_rss_peak() -> bool:
-    """Reset the process' peak RSS (Linux: write 5 to /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_peak_mb() -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 def candidate_seeds(seed: int, n: int) -> list[int]:
     """Seeds of N candidates; the first is ``seed`` itself (the frozen sample)."""
     return [int(seed) + i * SEED_STRIDE for i in range(n)]
@@ -224,7 +173,7 @@ class Method:
             raise UserError(f"method {self.name} needs a suite with a verifier (the grid suite)")
         ctx.reasoner.remove_lora()  # a previous TTO run must never leak its adapter into this one
         counts = {"reasoner": 0, "teacher": 0}
-        with _Meter(ctx.reasoner.device) as meter:
+        with MemoryMeter(ctx.reasoner.device) as meter:
             try:
                 out = self._run(ctx, task, int(seed), counts)
             finally:

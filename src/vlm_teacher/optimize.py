@@ -1,4 +1,4 @@
-"""The test-time loop of the paper (Algorithm 1).
+"""The test-time loop of the paper (Algorithm 1, docs/method.md).
 
     queries  <- teacher.propose_queries(c)                 (once per instance)
     cond     <- reasoner.prepare(c, seed)                  (text, first frame, fixed eps)
@@ -10,7 +10,13 @@
         L       <- lambda * -logp_goal + (1 - lambda)/M * sum_m -logp_proc_m
         stop if L <= tau
         phi     <- AdamW(phi, clip(grad L))
+    L_final  <- L of the last phi, when the budget ran out after an update (no grad)
     video    <- reasoner.generate(cond)                    (adapted few-step model, full decode)
+
+The final video is made with parameters the teacher has scored: when the loop ends by its
+budget, the last update is scored once more without a gradient (``TTOResult.final``, counted
+in the cost) before the video is generated. ``steps`` and ``updates`` stay the paper's
+counts (a fixed budget of S is S updates; S = 0 is the frozen model).
 
 Every setting is a field of ``TTOConfig`` with the paper's value as default.
 """
@@ -19,8 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -30,6 +34,7 @@ import torch
 from .errors import UserError
 from .objective import weighted_loss
 from .reasoner.base import X0_MODES, Reasoner, uniform_frame_indices
+from .runtime import MemoryMeter
 from .task import Queries, Task
 from .teacher.base import Teacher
 
@@ -49,7 +54,7 @@ class OutOfMemory(UserError):
 
 @dataclass
 class TTOConfig:
-    """Settings of the test-time optimisation; defaults are the paper's (METHOD.md)."""
+    """Settings of the test-time optimisation; defaults are the paper's (docs/method.md)."""
 
     lam: float = 0.5              # weight of the goal query; (1 - lam) is shared by the process queries
     tau: float = 0.22             # stop when the loss is at most tau (~0.8 mean P(Yes))
@@ -64,11 +69,6 @@ class TTOConfig:
     grad_clip: float = 1.0
     x0_mode: str = "first"        # first | last | all (which denoising step is optimised)
     queries: str = "task"         # task (teacher-written) | generic (ablation)
-    # Performance: False keeps ONE host-device sync per step (the loss, for the stop rule):
-    # the gradient norm is read at the next step's sync and a non-finite gradient is
-    # neutralised on the device (LoRA and AdamW moments restored; only AdamW's step counter
-    # advances). True reads the norm right after backward and skips on the host (two syncs).
-    sync_grad_norm: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -88,6 +88,14 @@ class TTOConfig:
         return self.max_steps if self.fixed_steps is None else self.fixed_steps
 
 
+def tto_config(changes: dict[str, Any]) -> TTOConfig:
+    """The paper's TTOConfig with ``changes`` applied; a bad setting is a UserError."""
+    try:
+        return TTOConfig(**changes)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad optimisation setting: {exc}") from None
+
+
 @dataclass
 class TTOResult:
     video: torch.Tensor                 # (F, 3, H, W) in [0, 1], the adapted reasoner's video
@@ -98,18 +106,27 @@ class TTOResult:
     seconds: dict[str, float]           # queries / optimise / generate / total
     cost: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    final: dict[str, Any] | None = None  # loss and P(Yes) of the parameters after the last update
 
     @property
     def steps(self) -> int:
         """Optimisation steps evaluated (the paper's step count)."""
         return len(self.history)
 
+    @property
+    def final_loss(self) -> float | None:
+        """The loss of the parameters the final video was made with."""
+        if self.final is not None:
+            return self.final["loss"]
+        return self.history[-1]["loss"] if self.history else None
+
     def summary(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
             "updates": self.updates,
             "stop_reason": self.stop_reason,
-            "final_loss": self.history[-1]["loss"] if self.history else None,
+            "final_loss": self.final_loss,
+            "final": self.final,
             "seconds": self.seconds,
             "cost": self.cost,
             "config": self.config,
@@ -119,14 +136,6 @@ class TTOResult:
 def _questions_needed(queries: Queries, lam: float) -> list[str]:
     # with lam == 1 the process questions carry no weight: do not pay for them
     return [queries.goal] if lam >= 1.0 else queries.all
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is KiB on Linux, bytes on macOS; process-wide high-water mark
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def teach(
@@ -151,8 +160,12 @@ def teach(
     failed and goes on.
     """
     try:
-        return _optimise(reasoner, teacher, task, config or TTOConfig(), seed=seed, queries=queries,
-                         num_frames=num_frames, height=height, width=width, progress=progress, on_step=on_step)
+        with MemoryMeter(reasoner.device) as meter:
+            result = _optimise(reasoner, teacher, task, config or TTOConfig(), seed=seed, queries=queries,
+                               num_frames=num_frames, height=height, width=width, progress=progress,
+                               on_step=on_step)
+        result.cost["peak_mem_mb"] = meter.peak_mb
+        return result
     except torch.OutOfMemoryError as exc:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -167,12 +180,8 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
 
     from .teacher.queries import generic_queries
 
-    device = reasoner.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     t_start = time.perf_counter()
     teacher_calls = 0
-
     if queries is None:
         if cfg.queries == "generic":
             queries = generic_queries(task.prompt)
@@ -187,77 +196,49 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     questions = _questions_needed(queries, cfg.lam)
 
+    def loss_of_current_lora() -> tuple[torch.Tensor, torch.Tensor]:
+        latent = reasoner.predict_x0(cond, mode=cfg.x0_mode)
+        logp = teacher.yes_logprob(reasoner.preview(latent, frame_idx), questions)
+        return weighted_loss(logp, cfg.lam), logp
+
     history: list[dict[str, Any]] = []
-    updates = 0
-    pending: tuple[dict[str, Any], torch.Tensor] | None = None  # (entry, grad norm on the device)
-
-    def finish(entry: dict[str, Any], grad_norm: float | None) -> None:
-        """Complete a step's record once its gradient norm is on the host, then hand it out."""
-        nonlocal updates
-        if grad_norm is not None:
-            entry["grad_norm"] = grad_norm
-            if math.isfinite(grad_norm):
-                updates += 1
-            else:
-                entry["skipped"] = "non-finite gradient"
-        if entry.get("skipped"):
-            log.warning("%s step %d: %s, update skipped", task.id, entry["step"], entry["skipped"])
-        if on_step is not None:
-            on_step(entry)
-
+    guard = GradNormGuard(optimizer, params, cfg.grad_clip, sync=reasoner.sync_grad_norm, task_id=task.id,
+                          on_step=on_step)
     stop_reason = STOP_BUDGET if cfg.fixed_steps is not None else STOP_MAX
     bar = tqdm(total=cfg.budget, desc=f"teach {task.id}", unit="step", disable=not progress, leave=False)
     for step in range(1, cfg.budget + 1):
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        latent = reasoner.predict_x0(cond, mode=cfg.x0_mode)
-        frames = reasoner.preview(latent, frame_idx)
-        logp = teacher.yes_logprob(frames, questions)
+        loss, logp = loss_of_current_lora()
         teacher_calls += 1
-        loss = weighted_loss(logp, cfg.lam)
-        # The stop rule needs the loss on the host: the ONE host-device sync of the step. The
-        # P(Yes) values and the previous step's gradient norm come in the same transfer.
-        parts = [loss.detach().float().reshape(1), logp.detach().float().reshape(-1)]
-        if pending is not None:
-            parts.append(pending[1].detach().float().reshape(1).to(loss.device))
-        host = torch.cat(parts).cpu().tolist()
-        loss_value = host[0]
-        if pending is not None:
-            finish(pending[0], host[-1])
-            pending = None
-        entry: dict[str, Any] = {
-            "step": step,
-            "loss": loss_value,
-            "p_yes": [math.exp(v) for v in host[1:1 + logp.numel()]],
-        }
+        loss_value, p_yes = guard.to_host(loss, logp)  # the step's one host-device sync
+        entry: dict[str, Any] = {"step": step, "loss": loss_value, "p_yes": p_yes}
         stop = cfg.fixed_steps is None and loss_value <= cfg.tau
-        grad_norm: float | None = None
         if stop:
             stop_reason = STOP_TAU
         elif not math.isfinite(loss_value):
             entry["skipped"] = "non-finite loss"
         else:
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if cfg.sync_grad_norm:
-                grad_norm = float(norm)
-                if math.isfinite(grad_norm):
-                    optimizer.step()
-            else:
-                guarded_step(optimizer, params, norm)
-                pending = (entry, norm)
+            guard.update(entry, loss)
         entry["seconds"] = time.perf_counter() - t0
         history.append(entry)
-        if pending is None or pending[0] is not entry:
-            finish(entry, grad_norm)
+        guard.end_step(entry)
         bar.set_postfix(loss=f"{loss_value:.3f}")
         bar.update(1)
         if stop:
             break
     bar.close()
-    if pending is not None:
-        finish(pending[0], float(pending[1]))
+    guard.flush()
     optimizer.zero_grad(set_to_none=True)
+
+    final = None
+    if history and "grad_norm" in history[-1] and not history[-1].get("skipped"):
+        t0 = time.perf_counter()
+        with torch.no_grad():  # the teacher scores the last update before the video is made from it
+            loss, logp = loss_of_current_lora()
+        teacher_calls += 1
+        loss_value, p_yes = guard.to_host(loss, logp)
+        final = {"loss": loss_value, "p_yes": p_yes, "seconds": time.perf_counter() - t0}
     t_opt = time.perf_counter()
 
     with torch.no_grad():
@@ -268,7 +249,7 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
         queries=queries,
         history=history,
         stop_reason=stop_reason,
-        updates=updates,
+        updates=guard.updates,
         seconds={
             "queries": t_queries - t_start,
             "optimise": t_opt - t_queries,
@@ -276,12 +257,77 @@ def _optimise(reasoner: Reasoner, teacher: Teacher, task: Task, cfg: TTOConfig, 
             "total": t_end - t_start,
         },
         cost={
-            "reasoner_calls": count_reasoner_calls(cfg.x0_mode, cond.steps, len(history)),
+            "reasoner_calls": count_reasoner_calls(cfg.x0_mode, cond.steps, len(history) + (final is not None)),
             "teacher_calls": teacher_calls,
-            "peak_mem_mb": peak_memory_mb(device),
         },
         config=asdict(cfg),
+        final=final,
     )
+
+
+class GradNormGuard:
+    """The gradient-norm bookkeeping of the loop, kept out of its way.
+
+    ``update`` runs backward, clips, and steps AdamW unless the gradient norm is not finite.
+    With ``sync=False`` (the default, ``Reasoner.sync_grad_norm``) that decision is made on
+    the device (``guarded_step``) and the norm reaches the host in the next step's one
+    transfer (``to_host``), so a step's record is complete, and handed to ``on_step``,
+    one step late; with ``sync=True`` the norm is read right after backward (a second
+    sync per step). ``updates`` counts the steps whose gradient was finite."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], clip: float, *, sync: bool,
+                 task_id: str, on_step: Callable[[dict[str, Any]], None] | None) -> None:
+        self.optimizer, self.params, self.clip, self.sync = optimizer, params, clip, sync
+        self.task_id, self.on_step = task_id, on_step
+        self.updates = 0
+        self._pending: tuple[dict[str, Any], torch.Tensor] | None = None  # (entry, grad norm on the device)
+        self._norm_now: float | None = None
+
+    def to_host(self, loss: torch.Tensor, logp: torch.Tensor) -> tuple[float, list[float]]:
+        """(loss, P(Yes) per question) on the host, with the pending gradient norm in the same transfer."""
+        parts = [loss.detach().float().reshape(1), logp.detach().float().reshape(-1)]
+        if self._pending is not None:
+            parts.append(self._pending[1].detach().float().reshape(1).to(loss.device))
+        host = torch.cat(parts).cpu().tolist()
+        if self._pending is not None:
+            self._finish(self._pending[0], host[-1])
+            self._pending = None
+        return host[0], [math.exp(v) for v in host[1:1 + logp.numel()]]
+
+    def update(self, entry: dict[str, Any], loss: torch.Tensor) -> None:
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        if self.sync:
+            self._norm_now = float(norm)
+            if math.isfinite(self._norm_now):
+                self.optimizer.step()
+        else:
+            guarded_step(self.optimizer, self.params, norm)
+            self._pending = (entry, norm)
+
+    def end_step(self, entry: dict[str, Any]) -> None:
+        """Hand ``entry`` out now unless its gradient norm is still on the device."""
+        if self._pending is None or self._pending[0] is not entry:
+            self._finish(entry, self._norm_now)
+        self._norm_now = None
+
+    def flush(self) -> None:
+        """After the last step: read the pending norm (one sync) and hand its entry out."""
+        if self._pending is not None:
+            self._finish(self._pending[0], float(self._pending[1]))
+            self._pending = None
+
+    def _finish(self, entry: dict[str, Any], grad_norm: float | None) -> None:
+        if grad_norm is not None:
+            entry["grad_norm"] = grad_norm
+            if math.isfinite(grad_norm):
+                self.updates += 1
+            else:
+                entry["skipped"] = "non-finite gradient"
+        if entry.get("skipped"):
+            log.warning("%s step %d: %s, update skipped", self.task_id, entry["step"], entry["skipped"])
+        if self.on_step is not None:
+            self.on_step(entry)
 
 
 def guarded_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grad_norm: torch.Tensor) -> None:

@@ -10,7 +10,9 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
-#: how the latent that the teacher sees is produced (METHOD.md ablations)
+from ..errors import UserError
+
+#: how the latent that the teacher sees is produced (docs/method.md, ablations)
 X0_MODES = ("first", "last", "all")
 
 
@@ -91,6 +93,14 @@ class Reasoner(Protocol):
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """Every frozen (non-LoRA) weight, for integrity checks."""
+
+
+def check_num_frames(num_frames: int | None, temporal: int = 4, what: str = "--frames") -> None:
+    """The one video-length rule: ``temporal``k+1 frames (the causal video VAEs compress time
+    ``temporal``x after the first frame). None (the model's default) passes."""
+    if num_frames is not None and (num_frames < 1 or (num_frames - 1) % temporal):
+        raise UserError(f"{what} must be {temporal}k+1 (e.g. 9, 17, 89): the video VAE compresses time "
+                        f"{temporal}x after the first frame; got {num_frames}")
 
 
 def uniform_frame_indices(num_frames: int, k: int) -> list[int]:

@@ -8,17 +8,9 @@ but not ``WanPipeline``: the test-time loop needs pieces the pipeline does not
 expose (one differentiable model call, a decode of only some frames, a fixed
 noise tensor reused across steps).
 
-Conventions (the same as diffusers' Wan pipelines):
-
-- latents live in the *normalised* space ``(z - latents_mean) / latents_std``;
-  they are denormalised only right before the VAE decoder;
-- flow matching: ``x_t = (1 - sigma) x0 + sigma * noise``, the transformer
-  predicts ``v = noise - x0``, so ``x0_hat = x_t - sigma * v``; the Wan
-  timestep is ``sigma * num_train_timesteps`` (1000 at pure noise);
-- first-frame conditioning is Wan2.2 TI2V's ``expand_timesteps`` path: the
-  encoded first frame is written into latent frame 0, its tokens get timestep
-  0 (per-token timesteps of shape (B, tokens)), and whatever the model predicts
-  there is discarded (latent frame 0 is always the encoded first frame).
+Conventions: those of diffusers' Wan pipelines, written once in ``reasoner/flow.py``
+(normalised latents, flow matching, TI2V first-frame pinning with per-token
+timesteps); latents are denormalised only right before the VAE decoder.
 """
 
 from __future__ import annotations
@@ -27,6 +19,7 @@ import html
 import json
 import math
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +29,9 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_path, write_json
-from .base import X0_MODES, Conditioning, device_index
+from . import flow
+from .base import X0_MODES, Conditioning, check_num_frames, device_index
+from .flow import shifted_sigmas
 
 #: model_index.json ``_class_name`` values this adapter accepts. Concat-style
 #: image-to-video checkpoints (Wan2.1 I2V, in_channels 36) are refused later by a
@@ -61,6 +56,7 @@ FFN_TARGETS = ("ffn.net.0.proj", "ffn.net.2")
 TARGET_GROUPS = {"attn": ATTENTION_TARGETS, "ffn": FFN_TARGETS, "all": ATTENTION_TARGETS + FFN_TARGETS}
 LORA_ADAPTER_NAME = "vlm_teacher_tto"
 LORA_WEIGHTS_NAME = "lora.safetensors"
+TEXT_CACHE_SIZE = 8  # prompts whose text-encoder states are kept (a few MB each at full size)
 
 
 @dataclass(frozen=True)
@@ -95,20 +91,6 @@ class WanDefaults:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise UserError(f"{path}: {key} must be a positive integer, got {value!r}")
         return cls(**raw)
-
-
-def shifted_sigmas(steps: int, shift: float) -> list[float]:
-    """The few-step sampler's noise levels, from 1 down to 0 (``steps + 1`` values).
-
-    Uniform levels 1, 1 - 1/steps, ... (the 1000/750/500/250 timesteps of 4-step
-    distilled Wan models) bent by the scheduler's flow shift exactly as
-    FlowMatchEuler and UniPC(use_flow_sigmas) bend theirs:
-    ``shift * s / (1 + (shift - 1) * s)``. The first level is exactly 1, so the
-    first sampler step is the paper's one-call ``z0 = eps - v(eps, t=1)``."""
-    if steps < 1:
-        raise UserError(f"steps must be >= 1, got {steps}")
-    base = [1.0 - i / steps for i in range(steps)]
-    return [shift * s / (1.0 + (shift - 1.0) * s) for s in base] + [0.0]
 
 
 def _prompt_clean(text: str) -> str:
@@ -236,7 +218,8 @@ class WanReasoner:
         self.preview_needed_only = True
         self.sync_grad_norm = False
         self.preview_decoder: torch.nn.Module | None = None
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_cache: dict[str, torch.Tensor] = {}  # set_prompt_embeds
+        self._encoded: OrderedDict[str, torch.Tensor] = OrderedDict()  # encode_text, most recent last
         self._compiled = False
         self._dtype = transformer.dtype  # cached: diffusers' .dtype walks every module
         self._lora: dict[str, Any] | None = None
@@ -385,9 +368,14 @@ class WanReasoner:
 
     @torch.no_grad()
     def encode_text(self, prompt: str) -> torch.Tensor:
-        """UMT5 hidden states, zero after the prompt's length, as WanPipeline does: (1, L, D)."""
+        """UMT5 hidden states, zero after the prompt's length, as WanPipeline does: (1, L, D).
+        The last ``TEXT_CACHE_SIZE`` prompts are kept (best-of-N and TTO's final sample encode
+        one prompt once); embeddings given to ``set_prompt_embeds`` are kept until forgotten."""
         if prompt in self._text_cache:
             return self._text_cache[prompt]
+        if prompt in self._encoded:
+            self._encoded.move_to_end(prompt)
+            return self._encoded[prompt]
         if self.text_encoder is None or self.tokenizer is None:
             raise UserError("this reasoner has no text encoder; pass prompt_embeds to prepare() "
                             "or register them with set_prompt_embeds()")
@@ -397,8 +385,11 @@ class WanReasoner:
                                 return_tensors="pt")
         ids, mask = inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
         hidden = self.text_encoder(ids, mask).last_hidden_state
-        hidden = hidden * mask[..., None].to(hidden.dtype)
-        return hidden.to(self._dtype)
+        hidden = (hidden * mask[..., None].to(hidden.dtype)).to(self._dtype)
+        self._encoded[prompt] = hidden
+        while len(self._encoded) > TEXT_CACHE_SIZE:
+            self._encoded.popitem(last=False)
+        return hidden
 
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """latents mean/std on ``device``, copied once (a host-to-device copy per step
@@ -410,12 +401,10 @@ class WanReasoner:
         return stats
 
     def _normalise(self, z: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats(z.device)
-        return (z - mean) / std
+        return flow.normalise(z, *self._stats(z.device))
 
     def _denormalise(self, z: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats(z.device)
-        return z * std + mean
+        return flow.denormalise(z, *self._stats(z.device))
 
     @torch.no_grad()
     def encode_image(self, image: np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -440,8 +429,7 @@ class WanReasoner:
         ``prompt_embeds`` (1, L, text_dim): use these text-encoder states instead of
         encoding ``prompt`` (precomputed embeddings, or benchmarks without UMT5)."""
         num_frames = self.defaults.num_frames if num_frames is None else int(num_frames)
-        if num_frames < 1 or (num_frames - 1) % self.scale_temporal:
-            raise UserError(f"num_frames must be {self.scale_temporal}k+1 (e.g. 9, 17, 89), got {num_frames}")
+        check_num_frames(num_frames, self.scale_temporal, "num_frames")
         steps = self.defaults.steps if steps is None else int(steps)
         if first_frame is not None:
             first_frame = _as_rgb(first_frame)
@@ -450,14 +438,14 @@ class WanReasoner:
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
         first_latent = self.encode_image(first_frame, height, width) if first_frame is not None else None
-        p_t, p_h, p_w = self.patch_size
+        tokens_per_frame, num_tokens = flow.token_counts(shape, self.patch_size)
         extra = {
             "prompt_embeds": (self.encode_text(prompt) if prompt_embeds is None
                               else self._check_embeds(prompt_embeds)),
             "first_latent": first_latent,
             "sigmas": shifted_sigmas(steps, self.flow_shift),
-            "tokens_per_frame": (shape[3] // p_h) * (shape[4] // p_w),
-            "num_tokens": (shape[2] // p_t) * (shape[3] // p_h) * (shape[4] // p_w),
+            "tokens_per_frame": tokens_per_frame,
+            "num_tokens": num_tokens,
         }
         return Conditioning(prompt=prompt, seed=int(seed), num_frames=num_frames, height=height,
                             width=width, noise=noise, extra=extra, steps=steps)
@@ -502,37 +490,15 @@ class WanReasoner:
         return embeds.to(self.device, self._dtype)
 
     # ------------------------------------------------------------------ denoising
-    @staticmethod
-    def _with_first_frame(x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """Latent frame 0 := the encoded first frame (no-op for text-to-video)."""
-        first = cond.extra["first_latent"]
-        if first is None:
-            return x
-        return torch.cat([first.to(x.dtype), x[:, :, 1:]], dim=2)
-
-    def _timestep(self, sigma: float, cond: Conditioning) -> torch.Tensor:
-        t = sigma * self.num_train_timesteps
-        if cond.extra["first_latent"] is None:
-            return torch.full((1,), t, device=self.device, dtype=torch.float32)
-        ts = torch.full((1, cond.extra["num_tokens"]), t, device=self.device, dtype=torch.float32)
-        ts[:, : cond.extra["tokens_per_frame"]] = 0.0  # the first frame is clean
-        return ts
-
     def _x0(self, x_t: torch.Tensor, sigma: float, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
         """One transformer call: (x0_hat, the composed x_t), both float32, frame 0 pinned."""
-        x_t = self._with_first_frame(x_t, cond)
-        v = self.transformer(hidden_states=x_t.to(self._dtype), timestep=self._timestep(sigma, cond),
+        first = cond.extra["first_latent"]
+        x_t = flow.pin_first_frame(x_t, first)
+        tokens = None if first is None else (cond.extra["tokens_per_frame"], cond.extra["num_tokens"])
+        t = flow.timesteps(sigma, self.num_train_timesteps, tokens, device=self.device)
+        v = self.transformer(hidden_states=x_t.to(self._dtype), timestep=t,
                              encoder_hidden_states=cond.extra["prompt_embeds"], return_dict=False)[0]
-        x0 = x_t - sigma * v.float()
-        return self._with_first_frame(x0, cond), x_t
-
-    @staticmethod
-    def _euler(x0: torch.Tensor, x_t: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
-        """Deterministic flow-matching Euler step x_t -> x_{sigma_next}.
-
-        With v = (x_t - x0_hat) / sigma, x_next = x_t + (sigma_next - sigma) v
-        = x0_hat + (sigma_next / sigma) (x_t - x0_hat); at sigma_next = 0 it is x0_hat."""
-        return x0 + (sigma_next / sigma) * (x_t - x0)
+        return flow.pin_first_frame(flow.x0_from_velocity(x_t, v.float(), sigma), first), x_t
 
     def predict_x0(self, cond: Conditioning, mode: str = "first") -> torch.Tensor:
         """The clean latent (normalised, float32) the teacher judges; see ``Reasoner.predict_x0``."""
@@ -547,12 +513,12 @@ class WanReasoner:
             with torch.no_grad():
                 for i in range(len(sigmas) - 2):
                     x0, x_t = self._x0(x, sigmas[i], cond)
-                    x = self._euler(x0, x_t, sigmas[i], sigmas[i + 1])
+                    x = flow.euler_step(x0, x_t, sigmas[i], sigmas[i + 1])
             start = len(sigmas) - 2
         x0 = x
         for i in range(start, len(sigmas) - 1):
             x0, x_t = self._x0(x, sigmas[i], cond)
-            x = self._euler(x0, x_t, sigmas[i], sigmas[i + 1])
+            x = flow.euler_step(x0, x_t, sigmas[i], sigmas[i + 1])
         return x0
 
     @torch.no_grad()

@@ -62,9 +62,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -74,7 +71,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..files import atomic_path, write_json, write_text
+from ..files import atomic_folder, write_json, write_text
+from ..runtime import machine_line
+from .scaffold import JsonlLog, StepPlan, command_record, save_safetensors, warmup_cosine
 
 STAGES = ("vae", "latents", "transformer", "done")
 METRICS_NAME = "metrics.json"  # the figures the card is generated from, beside the weights
@@ -179,27 +178,6 @@ def _check_args(args) -> None:
 
 
 # ---------------------------------------------------------------------------- small helpers
-class JsonlLog:
-    """Append-only JSONL log of losses and events (one flush per line, survives a kill)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, **record: Any) -> None:
-        record = {"time": round(time.time(), 3), **record}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-
-def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warmup, then cosine decay to 5% of the base rate."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
 def _to_pixels(videos: list[np.ndarray], device) -> torch.Tensor:
     """uint8 (T, H, W, 3) videos -> (B, 3, T, H, W) float in [-1, 1]."""
     x = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float()
@@ -284,7 +262,7 @@ def take_from_folder(args, models: dict[str, Any]) -> dict[str, Any]:
     """``--init-from`` / ``--vae-from``: put the folder's tokenizer, text encoder and VAE (and, for
     ``--init-from``, its transformer) in place of the freshly built ones, after checking that they fit
     the recipe's arguments. Returns what the model card records about the folder."""
-    from ..bench import model_id
+    from ..identity import model_id
     from ..reasoner.wan import WanReasoner
 
     flag, folder = start_folder(args)
@@ -336,8 +314,6 @@ class Checkpoint:
         return self.state_path.is_file() and self.weights.is_file()
 
     def save(self, models: dict, state: dict, optimizer: torch.optim.Optimizer | None) -> None:
-        from safetensors.torch import save_file
-
         tensors: dict[str, torch.Tensor] = {}
         for name in TRAINED:
             for key, value in models[name].state_dict().items():
@@ -351,8 +327,7 @@ class Checkpoint:
             groups = sd["param_groups"]
         tensors["rng.torch"] = torch.get_rng_state()
         self.dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.weights) as tmp:
-            save_file(tensors, str(tmp))
+        save_safetensors(tensors, self.weights)
         write_json(self.state_path, {**state, "optimizer_param_groups": groups})
 
     def load_state(self) -> dict:
@@ -412,16 +387,17 @@ def _train_loop(name: str, args, models, opt, params, run_state: dict, ckpt: Che
     else:
         torch.manual_seed(args.seed * 1000 + stream)
     rng = _np_rng(run_state.get("np_rng"), args.seed, stream)
-    planned = run_state.get("planned")
+    plan = StepPlan(steps, budget_s, run_state.get("planned"), calibration=CALIBRATION_STEPS,
+                    replan_every=REPLAN_EVERY)
     keep = {k: v for k, v in run_state.items() if k.startswith("vae_")}  # earlier stages' summaries
     elapsed0 = float(run_state.get("elapsed", 0.0))
     t0 = time.time()
     elapsed = lambda: elapsed0 + time.time() - t0  # noqa: E731
     state = lambda: {**keep, "stage": name, "step": step, "np_rng": rng.bit_generator.state,  # noqa: E731
-                     "elapsed": elapsed(), "planned": planned}
+                     "elapsed": elapsed(), "planned": plan.planned}
     done_here, reason, ema = 0, "steps", None
-    bar = tqdm(total=planned or steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
-    while step < (planned or steps):
+    bar = tqdm(total=plan.total, initial=step, desc=name, unit="step", dynamic_ncols=True)
+    while step < plan.total:
         if elapsed() > 1.15 * budget_s:
             reason = "time"
             break
@@ -429,7 +405,7 @@ def _train_loop(name: str, args, models, opt, params, run_state: dict, ckpt: Che
             reason = "stop_after"
             break
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, planned or steps, base_lr, warmup)
+            g["lr"] = warmup_cosine(step, (step - warmup) / max(1, plan.total - warmup), base_lr, warmup, floor=0.05)
         loss, record = train_step(step, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -442,22 +418,20 @@ def _train_loop(name: str, args, models, opt, params, run_state: dict, ckpt: Che
         bar.set_postfix(loss=f"{ema:.4f}")
         log.write(stage=name, step=step, loss=loss.item(), **record, grad_norm=float(gnorm),
                   lr=opt.param_groups[0]["lr"])
-        if (planned is None and step >= min(CALIBRATION_STEPS, steps)) or \
-                (planned is not None and planned < steps and step % REPLAN_EVERY == 0):
-            planned = min(steps, max(step, int(budget_s * step / elapsed())))
-            bar.total = planned
+        if plan.update(step, elapsed()):
+            bar.total = plan.planned
             bar.refresh()
-            log.write(stage=name, event="plan", step=step, planned=planned,
+            log.write(stage=name, event="plan", step=step, planned=plan.planned,
                       seconds_per_step=round(elapsed() / step, 3), budget_s=round(budget_s, 1))
-        if step % args.checkpoint_every == 0 and step < (planned or steps):
+        if step % args.checkpoint_every == 0 and step < plan.total:
             ckpt.save(models, state(), opt)
     bar.close()
     if reason == "stop_after":
         ckpt.save(models, state(), opt)
         return False
-    if step >= (planned or steps) and planned is not None and planned < steps:
+    if plan.cut_by_time(step):
         reason = "time"  # the plan cut the stage short to fit the budget
-    log.write(stage=name, event="end", step=step, planned=planned, reason=reason, seconds=round(elapsed(), 1))
+    log.write(stage=name, event="end", step=step, planned=plan.planned, reason=reason, seconds=round(elapsed(), 1))
     prefix = "vae" if name == "vae" else "dit"
     ckpt.save(models, {**keep, "stage": next_stage, "step": 0, f"{prefix}_steps_done": step,
                        f"{prefix}_stop": reason, f"{prefix}_seconds": elapsed()}, None)
@@ -517,7 +491,7 @@ def _make_reasoner(args, models, device):
 
 def build_latent_cache(args, models, tasks, out: Path, log: JsonlLog, device) -> dict[str, torch.Tensor]:
     """Encode every transformer training video; set latents_mean/std; return the cache."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
     from ..suites.grid import FAMILIES, TARGET_COLOURS, prompt_for
@@ -542,9 +516,7 @@ def build_latent_cache(args, models, tasks, out: Path, log: JsonlLog, device) ->
             "prompt_index": torch.tensor([prompts.index(s.task.prompt) for s in samples]),
             "counterfactual": torch.tensor([s.counterfactual for s in samples]),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file(cache, str(tmp))
+        save_safetensors(cache, path)
         log.write(stage="latents", event="encoded", samples=len(samples),
                   counterfactual=int(cache["counterfactual"].sum()))
     z = cache["latents"]
@@ -583,7 +555,7 @@ def object_weights(latents: torch.Tensor, temporal: int, weight: float) -> torch
 
 def train_transformer(args, models, cache, run_state, ckpt: Checkpoint, log: JsonlLog, device) -> bool:
     """TI2V flow matching on the cached latents (see the module docstring). True when finished."""
-    from ..reasoner.wan import shifted_sigmas
+    from ..reasoner import flow
     from ..suites.grid import FAMILIES, TARGET_COLOURS, prompt_for
 
     reasoner = _make_reasoner(args, models, device)  # freezes everything; unfreeze the transformer below
@@ -591,12 +563,12 @@ def train_transformer(args, models, cache, run_state, ckpt: Checkpoint, log: Jso
     prompt_table = torch.cat([reasoner.encode_text(p) for p in prompts]).float()  # (P, L, D)
     mean = torch.tensor(models["vae"].config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(models["vae"].config.latents_std).view(1, -1, 1, 1, 1)
-    x_all = ((cache["latents"] - mean) / std).to(device)
+    x_all = flow.normalise(cache["latents"], mean, std).to(device)
     w_all = object_weights(cache["latents"], args.vae_temporal, args.dit_object_weight).to(device)
     p_idx = cache["prompt_index"].to(device)
-    n, _, frames, h, w = x_all.shape
-    tokens_per_frame, num_tokens = h * w, frames * h * w
-    sigmas = shifted_sigmas(args.sampler_steps, args.flow_shift)
+    n = x_all.shape[0]
+    tokens = flow.token_counts(x_all.shape, models["transformer"].config.patch_size)
+    sigmas = flow.shifted_sigmas(args.sampler_steps, args.flow_shift)
 
     tr = models["transformer"].to(device).train()
     tr.requires_grad_(True)
@@ -607,13 +579,10 @@ def train_transformer(args, models, cache, run_state, ckpt: Checkpoint, log: Jso
         x0 = x_all[idx]
         s = sample_sigmas(args.dit_batch, sigmas, 3.0).to(device)
         eps = torch.randn(x0.shape).to(device)
-        sv = s.view(-1, 1, 1, 1, 1)
-        xt = (1 - sv) * x0 + sv * eps
-        xt = torch.cat([x0[:, :, :1], xt[:, :, 1:]], dim=2)  # frame 0 = the clean first-frame latent
-        ts = (s * 1000.0)[:, None].expand(-1, num_tokens).clone()
-        ts[:, :tokens_per_frame] = 0.0  # TI2V: the first frame's tokens are clean
+        xt = flow.pin_first_frame(flow.noisy(x0, eps, s), x0[:, :, :1])  # frame 0 = the clean first-frame latent
+        ts = flow.timesteps(s, reasoner.num_train_timesteps, tokens, device=device)
         v = tr(hidden_states=xt, timestep=ts, encoder_hidden_states=prompt_table[p_idx[idx]], return_dict=False)[0]
-        err = (v.float() - (eps - x0))[:, :, 1:] ** 2  # the model's output on frame 0 is discarded
+        err = (v.float() - flow.velocity_target(x0, eps))[:, :, 1:] ** 2  # the output on frame 0 is discarded
         w = w_all[idx][:, :, 1:]
         with torch.no_grad():
             at_one = s == 1.0
@@ -636,16 +605,11 @@ def save_pipeline(args, models, folder: Path) -> Path:
 
     from diffusers import WanPipeline
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     pipe = WanPipeline(tokenizer=models["tokenizer"], text_encoder=models["text_encoder"], vae=models["vae"],
                        scheduler=models["scheduler"], transformer=models["transformer"], expand_timesteps=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    write_json(tmp / "vlm_teacher.json", asdict(_defaults(args)))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        write_json(tmp / "vlm_teacher.json", asdict(_defaults(args)))
     return folder
 
 
@@ -790,24 +754,11 @@ def model_card(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _command(args) -> str:
     """The command line that reproduces this run: the arguments that differ from the defaults."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    defaults = vars(parser.parse_args(["--out", "x"]))
-    parts = ["vlm-teacher", "train", "reasoner", "--out", str(args.out)]
-    for key, default in defaults.items():
-        value = getattr(args, key, default)
-        if key in ("out", "resume", "stop_after", "export") or value == default:
-            continue
-        parts += [f"--{key.replace('_', '-')}", str(value)]
-    if args.export is not None:
-        parts += ["--export", str(args.export)]
-    return " ".join(parts)
+    text = command_record("vlm-teacher train reasoner", args, add_arguments, {"out": str(args.out)},
+                          leave_out=("resume", "stop_after", "export"))
+    return text if args.export is None else f"{text} --export {args.export}"
 
 
 def _versions() -> dict[str, str]:
@@ -815,12 +766,6 @@ def _versions() -> dict[str, str]:
     import transformers
 
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
-
-
-def _machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    return (f"{platform.system()} {cpu}, {torch.get_num_threads()} torch thread(s) of {os.cpu_count()} CPUs "
-            f"(shared with other jobs), device {device}")
 
 
 def _config(args) -> dict[str, Any]:
@@ -841,68 +786,113 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    """The stages: start (or resume), VAE, latent cache, transformer, the shipped folder and its figures."""
     t_start = time.time()
     device = torch.device(args.device)
-    out: Path = args.out
-    ckpt = Checkpoint(out)
-    if args.resume:
-        if not ckpt.exists():
-            raise UserError(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume first")
-        run_state = ckpt.load_state()
-        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        current = _config(args)
-        changed = [k for k in ARCH_KEYS if saved.get(k) != current.get(k)]
-        if changed:
-            raise UserError(f"--resume with different settings than the checkpoint: {', '.join(changed)}; "
-                            "use the original arguments or another --out")
-    elif ckpt.exists() or (out / "log.jsonl").exists():
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    ckpt = Checkpoint(args.out)
+    run_state = _resume_state(args, ckpt)
     # models first: a bad --init-from / --vae-from folder fails before anything is written
     models = build_models(args)
     start = take_from_folder(args, models) if start_folder(args) else None
     if not args.resume:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", _config(args))
-        run_state = ({"stage": "latents", "step": 0, "vae_steps_done": 0, "vae_stop": "taken from the folder",
-                      "vae_seconds": 0.0} if start else {"stage": "vae", "step": 0})
-        if start:
-            ckpt.save(models, run_state, None)  # the starting point, so that every later stage resumes alike
-    log = JsonlLog(out / "log.jsonl")
+        run_state = _begin(args, models, ckpt, start)
+    log = JsonlLog(args.out / "log.jsonl")
     log.write(event="start", resume=bool(args.resume), stage=run_state["stage"], step=run_state.get("step", 0),
               command=_command(args) + (" --resume" if args.resume else ""))
 
-    from .grid_videos import code_channels, train_tasks
+    from .grid_videos import train_tasks
 
     tasks = train_tasks(args.train_tasks, seed=0)
+    run_state = _train_stages(args, models, tasks, run_state, ckpt, log, device)
+    if run_state is None:
+        return 0
+    cache = build_latent_cache(args, models, tasks, args.out, log, device)  # re-applies latents_mean/std
+    for m in ("vae", "transformer", "text_encoder"):
+        models[m].to("cpu").eval()
+    folder = save_pipeline(args, models, args.out / "model")
+    metrics = _metrics(args, models, cache, run_state, start, folder, log)
+    t_eval = time.time()
+    if args.eval_tasks > 0:
+        metrics["evaluation"] = evaluate(folder, args.eval_tasks)
+        log.write(event="evaluation", **{s: {k: v for k, v in metrics["evaluation"][s].items() if k != "per_task"}
+                                        for s in ("test", "ood")})
+    metrics["training"]["eval_minutes"] = (time.time() - t_eval) / 60
+    metrics["training"]["invocation_minutes"] = (time.time() - t_start) / 60
+    write_json(folder / METRICS_NAME, metrics)
+    write_text(folder / "MODEL_CARD.md", model_card(metrics))
+    if args.export is not None:
+        _export(folder, Path(args.export))
+    ev = metrics.get("evaluation")
+    if ev:
+        print(f"test pass rate {ev['test']['pass_rate']:.2f} (mean score {ev['test']['mean_score']:.3f}); "
+              f"ood pass rate {ev['ood']['pass_rate']:.2f} (mean score {ev['ood']['mean_score']:.3f})")
+    print(f"model folder: {folder} ({metrics['size']['folder_mb']:.1f} MB)")
+    return 0
+
+
+def _resume_state(args, ckpt: Checkpoint) -> dict[str, Any] | None:
+    """The checkpoint's state for --resume (refused when the model-shaping settings changed); None for a fresh run."""
+    out: Path = args.out
+    if not args.resume:
+        if ckpt.exists() or (out / "log.jsonl").exists():
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        return None
+    if not ckpt.exists():
+        raise UserError(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume first")
+    run_state = ckpt.load_state()
+    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    current = _config(args)
+    changed = [k for k in ARCH_KEYS if saved.get(k) != current.get(k)]
+    if changed:
+        raise UserError(f"--resume with different settings than the checkpoint: {', '.join(changed)}; "
+                        "use the original arguments or another --out")
+    return run_state
+
+
+def _begin(args, models, ckpt: Checkpoint, start) -> dict[str, Any]:
+    """A fresh run's config.json and first state (a model taken from a folder skips the VAE stage)."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "config.json", _config(args))
+    run_state = ({"stage": "latents", "step": 0, "vae_steps_done": 0, "vae_stop": "taken from the folder",
+                  "vae_seconds": 0.0} if start else {"stage": "vae", "step": 0})
+    if start:
+        ckpt.save(models, run_state, None)  # the starting point, so that every later stage resumes alike
+    return run_state
+
+
+def _train_stages(args, models, tasks, run_state, ckpt: Checkpoint, log: JsonlLog, device) -> dict[str, Any] | None:
+    """The VAE and transformer stages from wherever ``run_state`` is; the final state, or None
+    when --stop-after cut a stage (its checkpoint is written)."""
     if run_state["stage"] == "vae":
         if not train_vae(args, models, tasks, run_state, ckpt, log, device):
             print(f"stopped in the VAE stage; continue with --resume (checkpoint in {ckpt.dir})")
-            return 0
+            return None
         run_state = ckpt.load_state()
     else:
         ckpt.load_into(models, None, run_state)
-    cache = build_latent_cache(args, models, tasks, out, log, device)
+    cache = build_latent_cache(args, models, tasks, args.out, log, device)
     if run_state["stage"] in ("latents", "transformer"):
         if run_state["stage"] == "latents":
             run_state = {**run_state, "stage": "transformer", "step": 0}
         if not train_transformer(args, models, cache, run_state, ckpt, log, device):
             print(f"stopped in the transformer stage; continue with --resume (checkpoint in {ckpt.dir})")
-            return 0
+            return None
         run_state = ckpt.load_state()
     # the final state: reload so that a resumed "done" run saves exactly the trained weights
     ckpt.load_into(models, None, run_state)
-    build_latent_cache(args, models, tasks, out, log, device)  # re-applies latents_mean/std to the config
-    for m in ("vae", "transformer", "text_encoder"):
-        models[m].to("cpu").eval()
+    return run_state
 
-    folder = save_pipeline(args, models, out / "model")
+
+def _metrics(args, models, cache, run_state, start, folder: Path, log: JsonlLog) -> dict[str, Any]:
+    """The training record and the sizes (``metrics.json`` before the evaluation is added)."""
+    from .grid_videos import code_channels
+
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     metrics: dict[str, Any] = {
         "training": {
             "command": _command(args),
-            "invocations": [r["command"] for r in _read_log(out / "log.jsonl")
-                            if r.get("event") == "start" and r.get("command")],
-            "machine": _machine(args.device), **_versions(),
+            "invocations": [r["command"] for r in log.records() if r.get("event") == "start" and r.get("command")],
+            "machine": machine_line(args.device), **_versions(),
             "seed": args.seed, "train_tasks_per_family": args.train_tasks,
             **({"start": start} if start is not None else {}),
             "samples": int(cache["latents"].shape[0]), "counterfactual_samples": int(cache["counterfactual"].sum()),
@@ -920,24 +910,11 @@ def _run(args) -> int:
         "defaults": json.loads((folder / "vlm_teacher.json").read_text()),
     }
     metrics["training"]["train_minutes"] = (run_state["vae_seconds"] + run_state["dit_seconds"]) / 60
-    t_eval = time.time()
-    if args.eval_tasks > 0:
-        metrics["evaluation"] = evaluate(folder, args.eval_tasks)
-        log.write(event="evaluation", **{s: {k: v for k, v in metrics["evaluation"][s].items() if k != "per_task"}
-                                        for s in ("test", "ood")})
-    metrics["training"]["eval_minutes"] = (time.time() - t_eval) / 60
-    metrics["training"]["invocation_minutes"] = (time.time() - t_start) / 60
-    write_json(folder / METRICS_NAME, metrics)
-    write_text(folder / "MODEL_CARD.md", model_card(metrics))
-    if args.export is not None:
-        export = Path(args.export)
-        if export.exists():
-            shutil.rmtree(export)
-        shutil.copytree(folder, export)
-        print(f"exported the model to {export}")
-    ev = metrics.get("evaluation")
-    if ev:
-        print(f"test pass rate {ev['test']['pass_rate']:.2f} (mean score {ev['test']['mean_score']:.3f}); "
-              f"ood pass rate {ev['ood']['pass_rate']:.2f} (mean score {ev['ood']['mean_score']:.3f})")
-    print(f"model folder: {folder} ({metrics['size']['folder_mb']:.1f} MB)")
-    return 0
+    return metrics
+
+
+def _export(folder: Path, export: Path) -> None:
+    if export.exists():
+        shutil.rmtree(export)
+    shutil.copytree(folder, export)
+    print(f"exported the model to {export}")

@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..files import write_json
+from ..files import atomic_folder, write_json
+from .scaffold import JsonlLog, command_record, save_safetensors, warmup_cosine
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "preprocessor_config.json")
@@ -221,35 +220,21 @@ def build_initial(folder: Path, args) -> Path:
 def save_folder(teacher, dest: Path, init: Path) -> None:
     """The teacher as a transformers folder (safetensors weights + the initial folder's tokenizer
     and preprocessor files), written beside ``dest`` then renamed over it."""
-    tmp = dest.with_name(dest.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    teacher.model.save_pretrained(tmp, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        if (init / name).is_file():
-            shutil.copy2(init / name, tmp / name)
-    old = dest.with_name(dest.name + ".old")
-    if dest.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        dest.rename(old)
-    tmp.rename(dest)
-    if old.exists():
-        shutil.rmtree(old)
+    with atomic_folder(dest) as tmp:
+        teacher.model.save_pretrained(tmp, safe_serialization=True)
+        for name in TOKENIZER_FILES:
+            if (init / name).is_file():
+                shutil.copy2(init / name, tmp / name)
 
 
 def _optimizer(params, args) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01, foreach=True)
 
 
-def lr_at(step: int, progress: float, args) -> float:
-    """Linear warm-up over ``args.warmup`` steps, then cosine down to a tenth as ``progress``
+def lr_at(step: int, progress: float, lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine down to a tenth as ``progress``
     (the fraction of the run done: of the steps with --steps, else of the training time) goes to 1."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    frac = min(1.0, max(0.0, progress))
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    return warmup_cosine(step, progress, lr, warmup, floor=0.1)
 
 
 def _named_parameters(teacher, probe) -> dict[str, torch.nn.Parameter]:
@@ -260,21 +245,17 @@ def _named_parameters(teacher, probe) -> dict[str, torch.nn.Parameter]:
 
 
 def save_checkpoint(work: Path, teacher, optimizer, init: Path, state: dict[str, Any], probe=None) -> None:
-    from safetensors.torch import save_file
-
     ckpt = work / "ckpt"
     save_folder(teacher, ckpt, init)
     if probe is not None:
-        save_file({n: p.detach().clone() for n, p in probe.named_parameters()}, str(work / "probe.safetensors.tmp"))
-        (work / "probe.safetensors.tmp").replace(work / "probe.safetensors")
+        save_safetensors({n: p.detach().clone() for n, p in probe.named_parameters()}, work / "probe.safetensors")
     names = {id(p): n for n, p in _named_parameters(teacher, probe).items()}
     tensors = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
                 tensors[f"{names[id(p)]}::{key}"] = value.detach().reshape(value.shape).contiguous().clone()
-    save_file(tensors, str(work / "optimizer.safetensors.tmp"))
-    (work / "optimizer.safetensors.tmp").replace(work / "optimizer.safetensors")
+    save_safetensors(tensors, work / "optimizer.safetensors")
     write_json(work / "state.json", state)
 
 
@@ -537,32 +518,23 @@ def _eval_only(out: Path, eval_samples, reasoner_dir, args) -> int:
                                                         "weights_mb": None})
     figures["training"]["reasoner_eval_videos"] = len(eval_samples)
     figures["training"]["eval_reasoner"] = str(reasoner_dir) if reasoner_dir else None
-    figures["training"]["eval_command"] = "vlm-teacher " + " ".join(sys.argv[1:]) if sys.argv else None
+    figures["training"]["eval_command"] = _command(args) + " --eval-only"
     write_json(out / EVAL_NAME, figures)
     teacher_eval.write_model_card(out, figures, args)
     print(f"evaluated {out}; figures in {out / EVAL_NAME}")
     return 0
 
 
-def run(args) -> int:
-    from tqdm.auto import tqdm
+def _command(args) -> str:
+    return command_record("vlm-teacher train teacher", args, add_arguments, {"out": str(args.out)},
+                          leave_out=("resume", "stop_at", "eval_only", "work"))
 
-    from ..bench import model_id
-    from ..suites.grid import grid_tasks
-    from ..teacher.qwen import QwenVLTeacher
-    from . import teacher_eval
-    from .teacher_data import reasoner_samples, run_reasoner, tto_maker
 
-    _check(args)
-    t0 = time.monotonic()
-    budget = args.minutes * 60.0
-    torch.set_num_threads(max(1, args.threads))
-    out: Path = args.out
-    work: Path = args.work or out.with_name(out.name + ".work")
+def _prepare_work(args) -> tuple[Path, bool]:
+    """The work folder, and whether the run resumes there; a fresh run clears the old one's files."""
+    work: Path = args.work or args.out.with_name(args.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    reasoner_dir = _reasoner_dir(args)
-    state_path = work / "state.json"
-    resuming = args.resume and state_path.is_file() and (work / "ckpt" / "config.json").is_file()
+    resuming = args.resume and (work / "state.json").is_file() and (work / "ckpt" / "config.json").is_file()
     if args.resume and not resuming:
         print(f"no checkpoint in {work}; starting from scratch")
     if not resuming and not args.eval_only:
@@ -572,12 +544,15 @@ def run(args) -> int:
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
+    return work, resuming
 
-    # the initial (random) model: its tokenizer and preprocessor files are kept for every save
+
+def _initial_model(args, work: Path) -> Path:
+    """The initial (random, or --init-from) model: its tokenizer and preprocessor files are kept for every save."""
     init = work / "init"
     if args.eval_only:
-        if not (out / "config.json").is_file():
-            raise UserError(f"--eval-only needs a trained teacher at --out {out}")
+        if not (args.out / "config.json").is_file():
+            raise UserError(f"--eval-only needs a trained teacher at --out {args.out}")
     elif not (init / "config.json").is_file():
         if args.init_from is not None:
             if not (args.init_from / "config.json").is_file():
@@ -585,146 +560,149 @@ def run(args) -> int:
             shutil.copytree(args.init_from, init, ignore=shutil.ignore_patterns("*.work", LOG_NAME, EVAL_NAME, "*.md"))
         else:
             build_initial(init, args)
-    print(f"reasoner: {reasoner_dir}" if reasoner_dir else
-          "reasoner: none available; training on ground-truth, corrupted and degraded renders only")
+    return init
+
+
+def _reasoner_videos(args, reasoner_dir: Path | None, work: Path, init: Path, t0: float):
+    """(evaluation, training, test-time-loop) videos of the reasoner, each cached under its weights' id."""
+    from ..identity import model_id
+    from ..suites.grid import grid_tasks
+    from ..teacher.qwen import QwenVLTeacher
+    from .teacher_data import reasoner_samples, run_reasoner, tto_maker
+
+    if reasoner_dir is None:
+        return [], [], []
+    from ..reasoner import load_reasoner
 
     # (task, seed) jobs for the reasoner: evaluation first (test and ood), then training
-    reasoner = None
     eval_jobs = [(t, s) for split in ("test", "ood") for t in grid_tasks(split, args.eval_reasoner)
                  for s in (1001, 1002)]
     train_jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (args.reasoner_jobs + 1) // 2, seed=7),
                                               np.random.default_rng([args.seed, 2]).integers(0, 10**6, size=args.reasoner_jobs))]
-    if reasoner_dir is not None:
-        from ..reasoner import load_reasoner
-
-        reasoner = load_reasoner(reasoner_dir)
+    reasoner = load_reasoner(reasoner_dir)
     r_minutes = args.reasoner_minutes if args.reasoner_minutes is not None else args.minutes / 4
     # keyed by the weights, not the folder name: a retrained reasoner in the same folder makes new videos
-    cache = work / f"reasoner-{model_id(reasoner_dir) if reasoner_dir else 'none'}"
-    make = functools.partial(run_reasoner, reasoner) if reasoner is not None else None
+    cache = work / f"reasoner-{model_id(reasoner_dir)}"
+    make = functools.partial(run_reasoner, reasoner)
     eval_samples = reasoner_samples(make, eval_jobs, cache, deadline=t0 + r_minutes * 60 * 0.4,
-                                    desc="reasoner videos (eval)") if reasoner_dir else []
+                                    desc="reasoner videos (eval)")
     train_samples = reasoner_samples(make, train_jobs, cache, deadline=t0 + r_minutes * 60,
-                                     desc="reasoner videos (train)") if reasoner_dir and not args.eval_only else []
+                                     desc="reasoner videos (train)") if not args.eval_only else []
     tto_samples = []
-    if reasoner_dir and args.tto_jobs and not args.eval_only:
+    if args.tto_jobs and not args.eval_only:
         tto_jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (args.tto_jobs + 1) // 2, seed=11),
                                                 np.random.default_rng([args.seed, 5]).integers(0, 10**6, size=args.tto_jobs))]
         attacked = QwenVLTeacher.from_pretrained(init)
         tto_samples = reasoner_samples(tto_maker(reasoner, attacked, args.tto_lr), tto_jobs,
                                        work / f"tto-{model_id(reasoner_dir)}-vs-{model_id(init)}-lr{args.tto_lr:g}",
                                        deadline=time.monotonic() + args.tto_minutes * 60, desc="test-time-loop videos")
-        del attacked
-    del reasoner, make
-    if args.eval_only:
-        return _eval_only(out, eval_samples, reasoner_dir, args)
-    reasoner_examples = [ex for s in train_samples + tto_samples for ex in s.examples()]
-    if reasoner_dir:
-        print(f"reasoner videos: {len(train_samples)} for training, {len(eval_samples)} for evaluation"
-              + (f", {len(tto_samples)} from the test-time loop" if args.tto_jobs else ""))
+    return eval_samples, train_samples, tto_samples
 
-    tasks = grid_tasks("train", args.train_tasks, seed=args.seed)
-    stream = Stream(tasks, reasoner_examples, args)
-    scan_rng = np.random.default_rng([args.seed, 3])
-    weights = class_weights([stream.draw(scan_rng) for _ in range(max(1, args.weight_scan))])
 
-    teacher = QwenVLTeacher.from_pretrained(work / "ckpt" if resuming else init)
+def _load_for_training(args, folder: Path, work: Path, resuming: bool):
+    """(teacher in training mode, cell probe or None, parameters, AdamW, run state), resumed when asked."""
+    from ..teacher.qwen import QwenVLTeacher
+
+    teacher = QwenVLTeacher.from_pretrained(folder)
     teacher.model.requires_grad_(True)
     teacher.model.train()
-    yes_no = (teacher.tokenizer.convert_tokens_to_ids("Yes"), teacher.tokenizer.convert_tokens_to_ids("No"))
-    digits = {str(d): teacher.tokenizer(str(d), add_special_tokens=False)["input_ids"][0] for d in range(10)}
     probe = CellProbe(teacher) if args.cell_loss > 0 else None
     params = list(_named_parameters(teacher, probe).values())
     optimizer = _optimizer(params, args)
     state: dict[str, Any] = {"step": 0, "train_seconds": 0.0, "seed": args.seed}
     if resuming:
-        state = json.loads(state_path.read_text())
+        state = json.loads((work / "state.json").read_text())
         load_optimizer_state(work, teacher, optimizer, probe)
         print(f"resuming at step {state['step']}")
-    log_path = work / LOG_NAME
-    if log_path.is_file():  # drop lines written after the checkpoint
-        keep = [line for line in log_path.read_text().splitlines() if line.strip()
-                and json.loads(line)["step"] <= state["step"]]
-        log_path.write_text("".join(line + "\n" for line in keep))
+    return teacher, probe, params, optimizer, state
 
-    # the time left for training; the learning-rate schedule follows the steps when --steps is
-    # given (deterministic), else the training time (robust to a machine shared with other jobs)
-    train_deadline = t0 + budget - args.eval_minutes * 60
+
+def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr: float, weights, yes_no, digits,
+                args) -> dict[str, Any]:
+    """One optimiser step on the answer, where, cell and query losses; returns its log record."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    videos, qtasks = stream.step(step)
+    optimizer.zero_grad(set_to_none=True)
+    contrasts = [goal_contrast(ex) if args.goal_contrast else [] for ex in videos]
+    n_answers = sum(len(v.labels) + len(c) for v, c in zip(videos, contrasts))
+    a_loss = c_loss = w_loss = 0.0
+    wrng = np.random.default_rng([args.seed, 4, step])
+    for ex, contrast in zip(videos, contrasts):
+        loss, where = answer_loss(teacher, ex, weights, yes_no, where_questions(ex, wrng, digits),
+                                  args.where_loss, contrast)
+        loss, where = loss / n_answers, where / n_answers
+        a_loss += float(loss.detach())
+        w_loss += float(where.detach())
+        loss = loss + where
+        if probe is not None:
+            cell = probe.loss(ex.video) / len(videos)
+            c_loss += float(cell.detach())
+            loss = loss + args.cell_loss * cell
+        loss.backward()
+    q_loss = 0.0
+    for qt in qtasks:
+        loss, n = query_loss(teacher, qt)  # (no vision pass of a video: the probe is not used)
+        loss = loss / (n * len(qtasks))
+        loss.backward()
+        q_loss += float(loss.detach())
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+    optimizer.step()
+    return {"lr": lr, "answer_loss": a_loss, "where_loss": w_loss, "cell_loss": c_loss, "query_loss": q_loss,
+            "grad_norm": grad_norm, "sources": [v.source for v in videos]}
+
+
+def _train(args, teacher, probe, params, optimizer, state, stream: Stream, weights, work: Path, init: Path,
+           log: JsonlLog, train_deadline: float, resuming: bool) -> int:
+    """The training loop up to --steps, the time budget or --stop-at; checkpoints on the way. Returns the step."""
+    from tqdm.auto import tqdm
+
+    yes_no = (teacher.tokenizer.convert_tokens_to_ids("Yes"), teacher.tokenizer.convert_tokens_to_ids("No"))
+    digits = {str(d): teacher.tokenizer(str(d), add_special_tokens=False)["input_ids"][0] for d in range(10)}
+    # the learning-rate schedule follows the steps when --steps is given (deterministic), else
+    # the training time (robust to a machine shared with other jobs)
     if "train_budget" not in state or not resuming:
         state["train_budget"] = max(1.0, train_deadline - time.monotonic())
     step = int(state["step"])
     total = args.steps
     bar = tqdm(total=total, initial=step, desc="train teacher", unit="step")
-    with open(log_path, "a") as log:
-        while total is None or step < total:
-            if time.monotonic() > train_deadline:
-                print(f"time budget reached at step {step}")
-                break
-            if args.stop_at is not None and step >= args.stop_at:
-                break
-            ts = time.monotonic()
-            progress = step / total if total else float(state["train_seconds"]) / state["train_budget"]
-            lr = lr_at(step, progress, args)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            videos, qtasks = stream.step(step)
-            optimizer.zero_grad(set_to_none=True)
-            contrasts = [goal_contrast(ex) if args.goal_contrast else [] for ex in videos]
-            n_answers = sum(len(v.labels) + len(c) for v, c in zip(videos, contrasts))
-            a_loss = c_loss = w_loss = 0.0
-            wrng = np.random.default_rng([args.seed, 4, step])
-            for ex, contrast in zip(videos, contrasts):
-                loss, where = answer_loss(teacher, ex, weights, yes_no, where_questions(ex, wrng, digits),
-                                          args.where_loss, contrast)
-                loss, where = loss / n_answers, where / n_answers
-                a_loss += float(loss.detach())
-                w_loss += float(where.detach())
-                loss = loss + where
-                if probe is not None:
-                    cell = probe.loss(ex.video) / len(videos)
-                    c_loss += float(cell.detach())
-                    loss = loss + args.cell_loss * cell
-                loss.backward()
-            q_loss = 0.0
-            for qt in qtasks:
-                loss, n = query_loss(teacher, qt)  # (no vision pass of a video: the probe is not used)
-                loss = loss / (n * len(qtasks))
-                loss.backward()
-                q_loss += float(loss.detach())
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
-            optimizer.step()
-            step += 1
-            seconds = time.monotonic() - ts
-            state["train_seconds"] = float(state["train_seconds"]) + seconds
-            log.write(json.dumps({"step": step, "lr": lr, "answer_loss": a_loss, "where_loss": w_loss, "cell_loss": c_loss, "query_loss": q_loss,
-                                  "grad_norm": grad_norm, "seconds": round(seconds, 4),
-                                  "sources": [v.source for v in videos]}) + "\n")
-            log.flush()
-            bar.update(1)
-            bar.set_postfix(answer=f"{a_loss:.3f}", where=f"{w_loss:.3f}", cell=f"{c_loss:.3f}", query=f"{q_loss:.3f}")
-            if step % args.ckpt_every == 0:
-                state["step"] = step
-                save_checkpoint(work, teacher, optimizer, init, state, probe)
+    while total is None or step < total:
+        if time.monotonic() > train_deadline:
+            print(f"time budget reached at step {step}")
+            break
+        if args.stop_at is not None and step >= args.stop_at:
+            break
+        ts = time.monotonic()
+        progress = step / total if total else float(state["train_seconds"]) / state["train_budget"]
+        record = _train_step(teacher, probe, params, optimizer, stream, step, lr_at(step, progress, args.lr, args.warmup),
+                             weights, yes_no, digits, args)
+        step += 1
+        seconds = time.monotonic() - ts
+        state["train_seconds"] = float(state["train_seconds"]) + seconds
+        sources = record.pop("sources")
+        log.write(step=step, **record, seconds=round(seconds, 4), sources=sources)
+        bar.update(1)
+        bar.set_postfix(answer=f"{record['answer_loss']:.3f}", where=f"{record['where_loss']:.3f}",
+                        cell=f"{record['cell_loss']:.3f}", query=f"{record['query_loss']:.3f}")
+        if step % args.ckpt_every == 0:
+            state["step"] = step
+            save_checkpoint(work, teacher, optimizer, init, state, probe)
     bar.close()
     state["step"] = step
     save_checkpoint(work, teacher, optimizer, init, state, probe)
-    if args.stop_at is not None and step >= args.stop_at and (total is None or step < total):
-        print(f"stopped at step {step} as asked; continue with --resume")
-        return 0
+    return step
 
-    # ship: the folder, the loss log, the evaluation and the model card
-    teacher.model.eval()
-    save_folder(teacher, out, init)
-    shutil.copy2(log_path, out / LOG_NAME)
-    del teacher, optimizer
-    if args.no_eval:
-        print(f"wrote {out} (no evaluation: --no-eval)")
-        return 0
+
+def _ship(args, out: Path, log: JsonlLog, state, samples, weights, reasoner_dir: Path | None, t0: float) -> int:
+    """The evaluation figures and the model card of the written folder."""
+    from . import teacher_eval
+
+    eval_samples, train_samples, tto_samples = samples
     figures = teacher_eval.evaluate(out, eval_samples, args)
     figures["training"] = {
-        "steps": step, "threads": args.threads, "train_seconds": round(float(state["train_seconds"]), 1),
+        "steps": int(state["step"]), "threads": args.threads, "train_seconds": round(float(state["train_seconds"]), 1),
         "reasoner": str(reasoner_dir) if reasoner_dir else None,
-        "command": "vlm-teacher " + " ".join(sys.argv[1:]) if sys.argv and "vlm-teacher" in sys.argv[0] else None,
+        "command": _command(args),
         "init_from": str(args.init_from) if args.init_from else None,
         "lineage": init_lineage(args.init_from),
         "reasoner_train_videos": len(train_samples), "reasoner_eval_videos": len(eval_samples),
@@ -738,3 +716,48 @@ def run(args) -> int:
     teacher_eval.write_model_card(out, figures, args)
     print(f"wrote {out} ({figures['training']['weights_mb']} MB of weights); figures in {out / EVAL_NAME}")
     return 0
+
+
+def run(args) -> int:
+    """The recipe as its stages: work folder, initial model, reasoner videos, training, the shipped folder."""
+    from ..suites.grid import grid_tasks
+
+    _check(args)
+    t0 = time.monotonic()
+    torch.set_num_threads(max(1, args.threads))
+    out: Path = args.out
+    work, resuming = _prepare_work(args)
+    reasoner_dir = _reasoner_dir(args)
+    init = _initial_model(args, work)
+    print(f"reasoner: {reasoner_dir}" if reasoner_dir else
+          "reasoner: none available; training on ground-truth, corrupted and degraded renders only")
+    samples = _reasoner_videos(args, reasoner_dir, work, init, t0)
+    eval_samples, train_samples, tto_samples = samples
+    if args.eval_only:
+        return _eval_only(out, eval_samples, reasoner_dir, args)
+    reasoner_examples = [ex for s in train_samples + tto_samples for ex in s.examples()]
+    if reasoner_dir:
+        print(f"reasoner videos: {len(train_samples)} for training, {len(eval_samples)} for evaluation"
+              + (f", {len(tto_samples)} from the test-time loop" if args.tto_jobs else ""))
+
+    stream = Stream(grid_tasks("train", args.train_tasks, seed=args.seed), reasoner_examples, args)
+    scan_rng = np.random.default_rng([args.seed, 3])
+    weights = class_weights([stream.draw(scan_rng) for _ in range(max(1, args.weight_scan))])
+    teacher, probe, params, optimizer, state = _load_for_training(args, work / "ckpt" if resuming else init, work,
+                                                                  resuming)
+    log = JsonlLog(work / LOG_NAME, stamp=False)
+    log.keep_until(int(state["step"]))  # drop lines written after the checkpoint
+    step = _train(args, teacher, probe, params, optimizer, state, stream, weights, work, init, log,
+                  train_deadline=t0 + args.minutes * 60.0 - args.eval_minutes * 60, resuming=resuming)
+    if args.stop_at is not None and step >= args.stop_at and (args.steps is None or step < args.steps):
+        print(f"stopped at step {step} as asked; continue with --resume")
+        return 0
+
+    teacher.model.eval()
+    save_folder(teacher, out, init)
+    shutil.copy2(log.path, out / LOG_NAME)
+    del teacher, optimizer
+    if args.no_eval:
+        print(f"wrote {out} (no evaluation: --no-eval)")
+        return 0
+    return _ship(args, out, log, state, samples, weights, reasoner_dir, t0)

@@ -11,11 +11,11 @@ only when the instance runs) and scores one video:
 * ``vbvr:<root>`` - no local scorer exists (the official rules are not
   public here): the video is written where the official evaluation kit looks
   for it and the score stays empty until its results JSON is imported
-  (``bench.import_vbvr_results``).
+  (``Suite.import_scores``, ``bench.import_vbvr_results``).
 * ``ruler:<root>`` - the instance's checklist is judged through an
   OpenAI-compatible chat endpoint; Good/Medium/Poor = 2/1/0 per dimension,
   scaled to 0-100 (``suites.ruler.instance_score``). A failed judgement leaves
-  the score empty (the bench re-judges it on the next run).
+  the score empty (``Suite.rescore`` re-judges it on the next run).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -64,6 +64,16 @@ class Suite:
 
     def score(self, task: Task, video: np.ndarray, fps: int, out_root: Path, run_name: str) -> Scored:
         raise NotImplementedError
+
+    # hooks the benchmark calls; the defaults do nothing
+    def rescore(self, store: Any, out_root: Path, keys: Iterable[Any]) -> int:
+        """Before a run: score again the stored rows (of ``keys``) whose scoring failed, from their
+        videos on disk; returns how many rows got a score. The default has nothing to redo."""
+        return 0
+
+    def import_scores(self, store: Any, results: Path) -> int:
+        """Fill scores that an external evaluation wrote to ``results``; returns rows updated."""
+        raise UserError(f"suite {self.name} has no external scores to import")
 
 
 # ------------------------------------------------------------------- grid
@@ -128,6 +138,11 @@ class VbvrSuite(Suite):
         split = task.metadata.get("split")
         return f"vbvr:{split}" if split else "vbvr"
 
+    def import_scores(self, store, results):
+        from .vbvr import import_vbvr_scores
+
+        return import_vbvr_scores(store, results)
+
     def score(self, task, video, fps, out_root, run_name):
         from .vbvr import write_vbvr_submission
 
@@ -161,6 +176,36 @@ class RulerSuite(Suite):
 
     def score(self, task, video, fps, out_root, run_name):
         return self.judge_video(task, video, fps, out_root, run_name, write=True)
+
+    def rescore(self, store, out_root, keys) -> int:
+        """Rows whose judgement failed (score empty, video on disk): judge them again."""
+        from ..files import safe_name
+        from ..store import Key
+        from ..video import read_video
+        from .judge import video_fps
+
+        wanted = set(keys)
+        n = 0
+        for row in store.rows(suite=self.name, status="done"):
+            if Key.of(row) not in wanted or row.get("score") is not None or not row.get("video_path"):
+                continue
+            video_file = Path(out_root) / row["video_path"]
+            if not video_file.is_file():
+                continue
+            task = self.task(row["task_id"])
+            run_name = (row.get("extra") or {}).get("run_name") or safe_name(row["method"])
+            scored = self.judge_video(task, read_video(video_file), video_fps(video_file), out_root, run_name,
+                                      write=False)
+            if scored.score is None:
+                continue
+            extra = dict(row.get("extra") or {})
+            extra["score_details"] = {**(extra.get("score_details") or {}), **scored.details}
+            extra["score_details"].pop("judge_error", None)
+            new = {k: v for k, v in row.items() if k not in ("attempts", "created_at")}
+            new.update(score=scored.score, extra=extra)
+            store.put(new)
+            n += 1
+        return n
 
     def judge_video(self, task, video, fps, out_root, run_name, *, write: bool) -> Scored:
         """Write the submission video (unless it is there already) and judge it."""

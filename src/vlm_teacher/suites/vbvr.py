@@ -324,3 +324,36 @@ def read_vbvr_results(path: str | os.PathLike) -> dict[str, float]:
             raise UserError(f"{path}: sample {i} video_file {video_file!r} is not NNNNN.mp4")
         out[f"{folder}/{task}/{str(video_file)[:-4]}"] = float(score)
     return out
+
+
+def import_vbvr_scores(store, results: str | os.PathLike, submission_root: str | os.PathLike | None = None) -> int:
+    """Fill the scores of ``vbvr`` rows in ``store`` from the official kit's
+    ``<run>_vbvr_results.json`` files (``results`` is one such file or the folder holding
+    them). Returns rows updated; refuses results that match no run of the store."""
+    suffix = "_vbvr_results.json"
+    results = Path(results)
+    if results.is_file():
+        files = [results]
+    elif results.is_dir():
+        files = sorted(results.glob(f"*{suffix}"))
+    else:
+        raise UserError(f"VBVR results {results} not found; give the official kit's output folder or one "
+                        f"<run>{suffix} file")
+    scores = {f.name[: -len(suffix)]: read_vbvr_results(f) for f in files if f.name.endswith(suffix)}
+    n = 0
+    runs = set()
+    for row in store.rows(suite="vbvr", status="done"):
+        run = (row.get("extra") or {}).get("run_name")
+        runs.add(run)
+        if run not in scores or row["task_id"] not in scores[run]:
+            continue
+        new = {k: v for k, v in row.items() if k not in ("attempts", "created_at")}
+        new["score"] = scores[run][row["task_id"]]
+        store.put(new)
+        n += 1
+    if not runs & set(scores):
+        where = Path(submission_root) / "vbvr_submission" if submission_root is not None else "vbvr_submission"
+        raise UserError(f"no <run>{suffix} in {results} matches a run of this bench (runs: "
+                        f"{', '.join(sorted(r for r in runs if r)) or 'none'}); run the official kit on "
+                        f"{where} first")
+    return n

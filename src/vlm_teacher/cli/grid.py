@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def cmd_grid_make(args) -> int:
-    from .suites.grid import grid_tasks, save_tasks
+    from ..suites.grid import grid_tasks, save_tasks
 
     tasks = grid_tasks(args.split, n=args.n, families=tuple(args.families.split(",")), seed=args.seed)
     save_tasks(args.out, tasks)
@@ -16,8 +16,8 @@ def cmd_grid_make(args) -> int:
 
 
 def cmd_grid_verify(args) -> int:
-    from .suites.grid import load_task, verify
-    from .video import read_video
+    from ..suites.grid import load_task, verify
+    from ..video import read_video
 
     task = load_task(args.task)
     verdict = verify(task, read_video(args.video))
@@ -26,7 +26,7 @@ def cmd_grid_verify(args) -> int:
 
 
 def add_grid_commands(sub) -> None:
-    from .suites.grid import SPLITS
+    from ..suites.grid import SPLITS
 
     grid = sub.add_parser("grid", help="the built-in grid suite: make tasks, verify videos")
     gsub = grid.add_subparsers(dest="grid_command", required=True)

@@ -19,15 +19,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
-from .files import write_json
+from ..errors import UserError
+from ..files import write_json
 
 DEMO_SUITE = "grid:test"
 MIN_N, MAX_N = 2, 16
 
 
 def _bench(args, methods: list[str]):
-    from .bench import BenchConfig, run_bench
+    from ..bench import BenchConfig, run_bench
 
     cfg = BenchConfig(suite=DEMO_SUITE, methods=methods, out=args.out, seeds=[0], limit=args.tasks,
                       reasoner=args.reasoner, teacher=args.teacher,
@@ -85,7 +85,7 @@ def summary_table(rows: list[dict]) -> str:
 
 
 def cmd_demo(args) -> int:
-    from .report import load_rows, write_report
+    from ..report import load_rows, write_report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

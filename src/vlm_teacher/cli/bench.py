@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
+from .options import add_device_args, add_tto_args, tto_changes
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -33,7 +34,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _methods(text: str) -> list[str]:
-    from .methods import all_methods
+    from ..methods import all_methods
 
     names: list[str] = []
     for n in text.split(","):
@@ -46,14 +47,9 @@ def _methods(text: str) -> list[str]:
 
 
 def cmd_bench(args) -> int:
-    from .bench import BenchConfig, import_vbvr_results, run_bench
+    from ..bench import BenchConfig, import_vbvr_results, run_bench
 
-    tto = {}
-    for flag, name in (("steps", "max_steps"), ("tau", "tau"), ("lam", "lam"), ("k", "num_frames_shown"),
-                       ("rank", "lora_rank"), ("lr", "lr")):
-        value = getattr(args, flag)
-        if value is not None:
-            tto[name] = value
+    tto = tto_changes(args)
     judge = {}
     if args.judge_url:
         judge["base_url"] = args.judge_url
@@ -76,7 +72,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_markdown, write_report
+    from ..report import write_markdown, write_report
 
     html = write_report(args.dir, out=args.out, gallery=args.gallery)
     print(f"wrote {html}")
@@ -86,8 +82,8 @@ def cmd_report(args) -> int:
 
 
 def add_bench_commands(sub) -> None:
-    from .methods import METHOD_PATTERNS
-    from .suites import SUITE_SPECS
+    from ..methods import METHOD_PATTERNS
+    from ..suites import SUITE_SPECS
 
     p = sub.add_parser("bench", help="run a suite x methods x seeds into a resumable results folder")
     p.add_argument("--suite", required=True, help=f"{' | '.join(SUITE_SPECS)}")
@@ -104,16 +100,9 @@ def add_bench_commands(sub) -> None:
                         "stopped and recorded as failed (default: no limit)")
     p.add_argument("--reasoner", type=Path, default=None, help="Wan pipeline folder (default: the embedded model)")
     p.add_argument("--teacher", type=Path, default=None, help="Qwen-VL folder (default: the embedded model)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16")
+    add_device_args(p)
     p.add_argument("--frames", type=int, default=None, help="video length 4k+1 (default: the task's, else the model's)")
-    g = p.add_argument_group("test-time optimisation (default: the paper's values)")
-    g.add_argument("--steps", type=int, default=None, help="N, the step budget (40)")
-    g.add_argument("--tau", type=float, default=None, help="stop when loss <= tau (0.22)")
-    g.add_argument("--lam", type=float, default=None, help="goal-query weight (0.5)")
-    g.add_argument("--k", type=int, default=None, help="frames shown to the teacher (24)")
-    g.add_argument("--rank", type=int, default=None, help="LoRA rank (16)")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (5e-5)")
+    add_tto_args(p)
     j = p.add_argument_group("RULER judge (an OpenAI-compatible chat endpoint)")
     j.add_argument("--judge-url", default=None, help="base URL, e.g. https://api.openai.com/v1 (default)")
     j.add_argument("--judge-model", default=None, help="model name (default o3)")

@@ -284,7 +284,7 @@ def _cfg_dict(cfg: Any) -> dict[str, Any]:
 
 def teacher_grid(teacher, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
     """(t, h, w) patch grid the teacher's pixel path makes of ``num_frames`` frames of this size."""
-    from .teacher.pixels import smart_resize
+    from ..teacher.pixels import smart_resize
 
     spec = teacher.spec
     h, w = smart_resize(height, width, spec.factor, spec.min_pixels, spec.max_pixels)
@@ -326,7 +326,7 @@ def tto_flops(reasoner, teacher, latent_shape: Sequence[int], frame_indices: Seq
     wan_plain = wan_transformer(tcfg, latent_shape, text_len)
     decoder = getattr(reasoner, "preview_decoder", None)
     if decoder is not None:
-        from .reasoner.surrogate import TinyWanDecoder
+        from ..reasoner.surrogate import TinyWanDecoder
 
         args = (decoder.latent_channels, decoder.patch, decoder.widths, decoder.time_upscale)
         idx = list(frame_indices)
@@ -349,7 +349,7 @@ def tto_flops(reasoner, teacher, latent_shape: Sequence[int], frame_indices: Seq
         vision = vision * len(rows)
     n_ans = len(teacher.answer_ids)
     if getattr(teacher, "share_prefix", False) and len(rows) > 1 and getattr(teacher, "batch_questions", True):
-        from .teacher.qwen import shared_prefix_length
+        from ..teacher.qwen import shared_prefix_length
 
         prefix = shared_prefix_length(rows, n_ans)
         language = qwen_language_shared(text_cfg, prefix, [n - prefix for n in lens], n_ans)

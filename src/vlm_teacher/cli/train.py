@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import UserError
+from ..errors import UserError
 
 RECIPES = {
     "reasoner": ("vlm_teacher.recipes.grid_reasoner", "small Wan pipeline (VAE, text encoder, transformer) on grid videos"),

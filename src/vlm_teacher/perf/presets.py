@@ -8,12 +8,12 @@ builders make reduced copies (the ``*-tiny`` presets) for CPU checks.
 
 Where the values come from. No network was available when this was written, so
 the published ``config.json`` files could not be read; the values below are
-recalled from them and marked so. Those the project measured or checked are
-in /work/shared/ENVIRONMENT.md ("Numbers of the real models"): the Wan2.2-TI2V-5B
+recalled from them and marked so. Those the project measured or checked (the
+machines' notes on the real models, repeated here) are: the Wan2.2-TI2V-5B
 transformer (30 layers, 24 heads x 128, ffn 14336, in/out 48, patch (1, 2, 2),
 text_dim 4096) and VAE (base_dim 160, decoder_base_dim 256, z_dim 48, 16x spatial,
 4x temporal). Building the recalled Wan config gives 5.00e9 transformer parameters
-(``python -c "from vlm_teacher.presets import *; print(count_parameters('wan2.2-ti2v-5b'))"``),
+(``python -c "from vlm_teacher.perf.presets import *; print(count_parameters('wan2.2-ti2v-5b'))"``),
 which matches the model's name. Recalled, not checked against a file:
 
 - Wan: ``freq_dim`` 256, ``qk_norm`` rms_norm_across_heads, ``cross_attn_norm`` true,
@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def build_wan_reasoner(preset: WanPreset | str, device: str | torch.device = "cp
                        seed: int = 0):
     """A ``WanReasoner`` over random-weight modules of ``preset``, without a text encoder:
     give ``prepare`` a ``prompt_embeds`` (``random_prompt_embeds``)."""
-    from .reasoner.wan import WanDefaults, WanReasoner
+    from ..reasoner.wan import WanDefaults, WanReasoner
 
     preset = wan_preset(preset) if isinstance(preset, str) else preset
     transformer, vae = build_wan_modules(preset, device, dtype, vae_dtype, seed)
@@ -284,9 +284,9 @@ def build_qwen_teacher(preset: QwenPreset | str, device: str | torch.device = "c
                        max_pixels: int | None = None, attn_implementation: str | None = None):
     """A ``QwenVLTeacher`` over a random-weight model of ``preset``, built on ``device``.
     ``max_pixels`` lowers the per-frame pixel budget (fewer video tokens)."""
-    from .teacher import pixels
-    from .teacher.qwen import QwenVLTeacher
-    from .testing.offline_tokenizer import build_offline_tokenizer
+    from ..teacher import pixels
+    from ..teacher.qwen import QwenVLTeacher
+    from ..testing.offline_tokenizer import build_offline_tokenizer
 
     preset = qwen_preset(preset) if isinstance(preset, str) else preset
     device = torch.device(device)
@@ -317,7 +317,7 @@ def count_parameters(name: str) -> int:
         with torch.device("meta"):
             module = WanTransformer3DModel(**WAN_PRESETS[name].transformer)
     else:
-        from .testing.offline_tokenizer import build_offline_tokenizer
+        from ..testing.offline_tokenizer import build_offline_tokenizer
 
         preset = qwen_preset(name)
         config = qwen_config(preset, build_offline_tokenizer(1536))

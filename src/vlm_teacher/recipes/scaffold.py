@@ -1,0 +1,108 @@
+"""What the recipes share: the JSONL log, safetensors files written atomically, the
+learning-rate schedule, the time-budget planner and the command record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from ..files import atomic_path
+
+
+class JsonlLog:
+    """Append-only JSONL log of losses and events (one flush per line, survives a kill)."""
+
+    def __init__(self, path: Path, *, stamp: bool = True) -> None:
+        self.path = path
+        self.stamp = stamp
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **record: Any) -> None:
+        if self.stamp:
+            record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def keep_until(self, step: int) -> None:
+        """Drop the records of steps after ``step`` (written after the checkpoint a run resumes from)."""
+        if self.path.is_file():
+            keep = [r for r in self.records() if r.get("step", 0) <= step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file written through the atomic writer (a kill leaves the old file or the new one)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def warmup_cosine(step: int, progress: float, base: float, warmup: int, floor: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine from ``base`` down to ``floor * base``
+    as ``progress`` (the fraction of the schedule done after warm-up) goes from 0 to 1."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = min(1.0, max(0.0, progress))
+    return base * (floor + (1.0 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+class StepPlan:
+    """How many steps of a time-limited stage fit its budget, from its measured speed.
+
+    After ``calibration`` steps ``update`` fixes ``planned = min(steps, what fits in budget_s)``
+    and re-checks it every ``replan_every`` steps against the average speed so far; a
+    stage that is done in time keeps ``steps``. ``planned`` is None until calibrated."""
+
+    def __init__(self, steps: int, budget_s: float, planned: int | None, *, calibration: int,
+                 replan_every: int) -> None:
+        self.steps, self.budget_s, self.planned = steps, budget_s, planned
+        self.calibration, self.replan_every = calibration, replan_every
+
+    @property
+    def total(self) -> int:
+        return self.planned or self.steps
+
+    def update(self, step: int, elapsed_s: float) -> bool:
+        """Re-plan when it is time to; True when the plan was (re)made."""
+        due = (self.planned is None and step >= min(self.calibration, self.steps)) or \
+            (self.planned is not None and self.planned < self.steps and step % self.replan_every == 0)
+        if due:
+            self.planned = min(self.steps, max(step, int(self.budget_s * step / elapsed_s)))
+        return due
+
+    def cut_by_time(self, step: int) -> bool:
+        return step >= self.total and self.planned is not None and self.planned < self.steps
+
+
+def command_record(words: str, args: argparse.Namespace, add_arguments: Callable[[argparse.ArgumentParser], None],
+                   required: dict[str, str], leave_out: Iterable[str] = ()) -> str:
+    """The command line that reproduces a run: ``words``, the required arguments, then every
+    argument that differs from its default (``leave_out``: run-control flags such as --resume)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    skip = {*required, *leave_out, "help"}
+    parts = [words, *(x for k in required for x in (f"--{k.replace('_', '-')}", str(getattr(args, k))))]
+    for action in parser._actions:
+        if action.dest in skip or not action.option_strings:
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            parts.append(flag)
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)
