@@ -260,7 +260,7 @@ def run_case(reasoner, teacher, teacher_name: str, size: tuple[int, int], a: arg
     row["fits"] = (row["step_reserved_gib"] or row["step_peak_gib"]) <= FITS_GIB and row["gen_peak_gib"] <= FITS_GIB \
         if device.type == "cuda" else None
     row["skipped_steps"] = sum(1 for e in res.history if e.get("skipped"))
-    row["final_loss"] = res.history[-1]["loss"]
+    row["final_loss"] = res.final_loss
     if peak_tflops:
         row["step_mfu"] = F.mfu(fl["step_total"], row["step_s"], peak_tflops)
         row["gen_mfu"] = F.mfu(fl["generate_frozen"], row["gen_s"], peak_tflops)

@@ -617,20 +617,20 @@ def _load_for_training(args, folder: Path, work: Path, resuming: bool):
     return teacher, probe, params, optimizer, state
 
 
-def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr: float, weights, yes_no, digits,
-                args) -> dict[str, Any]:
+def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr: float, weights, yes_no, digits, *,
+                seed: int, contrast_goals: bool, where_loss: float, cell_loss: float) -> dict[str, Any]:
     """One optimiser step on the answer, where, cell and query losses; returns its log record."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     videos, qtasks = stream.step(step)
     optimizer.zero_grad(set_to_none=True)
-    contrasts = [goal_contrast(ex) if args.goal_contrast else [] for ex in videos]
+    contrasts = [goal_contrast(ex) if contrast_goals else [] for ex in videos]
     n_answers = sum(len(v.labels) + len(c) for v, c in zip(videos, contrasts))
     a_loss = c_loss = w_loss = 0.0
-    wrng = np.random.default_rng([args.seed, 4, step])
+    wrng = np.random.default_rng([seed, 4, step])
     for ex, contrast in zip(videos, contrasts):
         loss, where = answer_loss(teacher, ex, weights, yes_no, where_questions(ex, wrng, digits),
-                                  args.where_loss, contrast)
+                                  where_loss, contrast)
         loss, where = loss / n_answers, where / n_answers
         a_loss += float(loss.detach())
         w_loss += float(where.detach())
@@ -638,7 +638,7 @@ def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr
         if probe is not None:
             cell = probe.loss(ex.video) / len(videos)
             c_loss += float(cell.detach())
-            loss = loss + args.cell_loss * cell
+            loss = loss + cell_loss * cell
         loss.backward()
     q_loss = 0.0
     for qt in qtasks:
@@ -675,7 +675,8 @@ def _train(args, teacher, probe, params, optimizer, state, stream: Stream, weigh
         ts = time.monotonic()
         progress = step / total if total else float(state["train_seconds"]) / state["train_budget"]
         record = _train_step(teacher, probe, params, optimizer, stream, step, lr_at(step, progress, args.lr, args.warmup),
-                             weights, yes_no, digits, args)
+                             weights, yes_no, digits, seed=args.seed, contrast_goals=args.goal_contrast,
+                             where_loss=args.where_loss, cell_loss=args.cell_loss)
         step += 1
         seconds = time.monotonic() - ts
         state["train_seconds"] = float(state["train_seconds"]) + seconds
