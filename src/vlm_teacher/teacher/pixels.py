@@ -169,7 +169,13 @@ def resize_frames(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     No-op (same tensor) when the size is already valid."""
     frames = _check_frames(frames)
     height, width = frames.shape[-2:]
-    new_h, new_w = smart_resize(height, width, spec.factor, spec.min_pixels, spec.max_pixels)
+    return resize_to(frames, *smart_resize(height, width, spec.factor, spec.min_pixels, spec.max_pixels))
+
+
+def resize_to(frames: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
+    """(K, 3, H, W) in [0, 1] -> (K, 3, new_h, new_w) the way PIL's bicubic resize does it
+    (also InternVL's tiles). No-op (same tensor) when the size is already that."""
+    height, width = frames.shape[-2:]
     if (new_h, new_w) == (height, width):
         return frames
     # Two separable passes, width first, each clipped to [0, 1]: PIL's order and its clipping
