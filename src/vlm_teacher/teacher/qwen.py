@@ -132,7 +132,7 @@ class QwenVLTeacher(ChatTeacher):
         arch = config.get("model_type")
         if arch not in SUPPORTED_ARCHS:
             raise UserError(f"{folder}: model_type {arch!r} is not supported as a teacher; "
-                            f"supported: {', '.join(SUPPORTED_ARCHS)} (Qwen2.5-VL, Qwen3-VL)")
+                            f"supported: {', '.join(SUPPORTED_ARCHS)} (Qwen2.5-VL, Qwen3-VL) and internvl (InternVL -hf)")
         if not _has_safetensors(folder):
             raise UserError(f"{folder} has no *.safetensors weights (only safetensors are loaded, never pickle); "
                             f"convert the checkpoint with save_pretrained(safe_serialization=True)")
