@@ -320,3 +320,61 @@ def test_propose_queries_uses_the_shared_prompt_and_falls_back(teacher, caplog, 
         q = teacher.propose_queries("Move the agent.", _uint8_frames(1)[0], max_new_tokens=12)
     assert seen == [(common.query_prompt("Move the agent."), 1)]
     assert q.source == "fallback" and "did not parse" in caplog.text  # a random model writes no questions
+
+
+# ------------------------------------------------------------------ sizes and cost
+
+
+def test_internvl3_8b_preset_has_the_published_size():
+    from vlm_teacher.presets import count_parameters
+
+    # InternViT-300M (304.0M) + projector (27.5M) + Qwen2.5-7B with InternVL's 151674-token vocabulary (7.61B)
+    assert count_parameters("internvl3-8b") == pytest.approx(7.94e9, rel=0.01)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_flops_equal_torch_flop_counter(shared):
+    from vlm_teacher import flops as F
+    from vlm_teacher.presets import build_teacher
+    from vlm_teacher.teacher.common import shared_prefix_length
+
+    teacher = build_teacher("internvl3-tiny", seed=0)
+    frames = torch.rand(5, 3, 64, 96, generator=torch.Generator().manual_seed(8))
+    teacher.share_prefix = shared
+    counter = F.flop_counter()
+    with counter, torch.no_grad():
+        teacher.answer_logprob(frames, QUESTIONS)
+    cfg = teacher.model.config
+    grid = F.teacher_grid(teacher, 5, 64, 96)
+    assert grid == (5, TILE // 14, TILE // 14)
+    rows = F.teacher_rows(teacher, QUESTIONS, grid, 5)
+    assert [len(r) for r in rows] == teacher.build_inputs(QUESTIONS, 5)["attention_mask"].sum(dim=1).tolist()
+    vision = F.internvl_vision(cfg.vision_config.to_dict(), cfg.downsample_ratio, cfg.text_config.hidden_size, 5)
+    n_ans = len(teacher.answer_ids)
+    text = cfg.text_config.to_dict()
+    if shared:  # an explicit mask makes the kernel compute the whole square: count it that way here
+        prefix = shared_prefix_length(rows, n_ans)
+        lm = F.qwen_language_shared(text, prefix, [len(r) - prefix for r in rows], n_ans, causal_half=False)
+    else:
+        lm = F.qwen_language(text, [max(len(r) for r in rows)] * len(rows), n_ans, causal_half=False)
+    assert counter.get_total_flops() == pytest.approx((vision + lm).forward, rel=1e-9)
+
+
+def test_tto_flops_and_a_meta_build_at_full_size():
+    from vlm_teacher import flops as F
+    from vlm_teacher.presets import build_teacher, build_wan_reasoner, random_prompt_embeds
+
+    r = build_wan_reasoner("wan-tiny", seed=0)
+    first = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    cond = r.prepare("a prompt", first, 0, num_frames=9, height=64, width=96, prompt_embeds=random_prompt_embeds(r))
+    fl = F.tto_flops(r, build_teacher("internvl3-tiny"), cond.noise.shape, [0, 4, 8], QUESTIONS, 16, ("to_q",))
+    assert fl["teacher_grid"] == [3, 4, 4] and fl["step"]["teacher_vision"].forward > 0
+    big = build_teacher("internvl3-8b", "meta", torch.bfloat16)  # what analytic.py builds; no memory
+    lens = F.teacher_lengths(big, QUESTIONS, F.teacher_grid(big, 24, 480, 832), 24)
+    assert min(lens) > 24 * (256 + 2)  # 24 frames of 256 context tokens between <img> and </img>
+    vision = F.internvl_vision(big.model.config.vision_config.to_dict(), 0.5, 3584, 24)
+    # ~2 FLOPs per weight and token: the tower's 304.0M weights on 1025 tokens, the projector's 27.5M on 256
+    assert vision.grad == pytest.approx(24 * 2 * (304.0e6 * 1025 + 27.5e6 * 256), rel=0.01)
+    assert vision.attention == 24 * 24 * 4.0 * 1025 ** 2 * 1024
+    with pytest.raises(UserError, match="one tile"):
+        build_teacher("internvl3-tiny", max_pixels=4096)

@@ -194,6 +194,24 @@ def qwen_vision(arch: str, vision_cfg: dict[str, Any], grid_thw: Sequence[int]) 
     return Flops(grad=grad, attention=attention)
 
 
+def internvl_vision(vision_cfg: dict[str, Any], downsample_ratio: float, text_hidden: int, tiles: int) -> Flops:
+    """One forward of InternVL's vision side on ``tiles`` tiles (one per frame shown).
+
+    Per tile: P = (image / patch)^2 patches plus the CLS token, S = P + 1; patch embedding
+    2 P (3 p^2) D; per layer q/k/v/out 8 S D^2, MLP 4 S D F, attention 4 S^2 D; after the
+    pixel shuffle, the projector on n = P r^2 tokens of width D / r^2: 2 n (D / r^2) H + 2 n H^2."""
+    c = vision_cfg
+    size, patch = (v[0] if isinstance(v, (list, tuple)) else v for v in (c["image_size"], c["patch_size"]))
+    patches = (int(size) // int(patch)) ** 2
+    seq = patches + 1
+    d, f, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    grad = 2.0 * patches * c.get("num_channels", 3) * patch * patch * d
+    grad += layers * (8.0 * seq * d * d + 4.0 * seq * d * f)
+    tokens, wide = patches * downsample_ratio ** 2, d / downsample_ratio ** 2
+    grad += 2.0 * tokens * wide * text_hidden + 2.0 * tokens * text_hidden * text_hidden
+    return Flops(grad=grad * tiles, attention=layers * 4.0 * seq * seq * d * tiles)
+
+
 def qwen_language_shared(text_cfg: dict[str, Any], prefix: int, suffixes: Sequence[int], answer_tokens: int,
                          causal_half: bool = True) -> Flops:
     """The language model over ONE sequence: a prefix shared by all questions, then each
@@ -287,6 +305,9 @@ def teacher_grid(teacher, num_frames: int, height: int, width: int) -> tuple[int
     from .teacher.pixels import smart_resize
 
     spec = teacher.spec
+    if teacher.arch == "internvl":  # one tile per frame, whatever the size
+        side = spec.tile // int(teacher.model.config.vision_config.patch_size[0])
+        return (num_frames, side, side)
     h, w = smart_resize(height, width, spec.factor, spec.min_pixels, spec.max_pixels)
     return (-(-num_frames // spec.temporal_patch_size), h // spec.patch_size, w // spec.patch_size)
 
@@ -295,8 +316,8 @@ def teacher_rows(teacher, questions: Sequence[str], grid: Sequence[int], num_fra
     """Token ids of each question's row (prompt with the video placeholders + the answer),
     built on the host (works for a model on any device, ``meta`` included)."""
     grid_tensor = torch.tensor([list(grid)], dtype=torch.long)
-    return [teacher._encode(teacher.question_text(q, grid_tensor, num_frames)) + list(teacher.answer_ids)
-            for q in questions]
+    args = (num_frames,) if teacher.arch == "internvl" else (grid_tensor, num_frames)
+    return [teacher._encode(teacher.question_text(q, *args)) + list(teacher.answer_ids) for q in questions]
 
 
 def teacher_lengths(teacher, questions: Sequence[str], grid: Sequence[int], num_frames: int) -> list[int]:
@@ -307,7 +328,7 @@ def tto_flops(reasoner, teacher, latent_shape: Sequence[int], frame_indices: Seq
               questions: Sequence[str], lora_rank: int, lora_targets: Sequence[str],
               sampler_steps: int | None = None) -> dict[str, Any]:
     """FLOPs of one test-time step and of one generation for a ``WanReasoner`` and a
-    ``QwenVLTeacher`` (real or random weights; only their configs are read).
+    ``QwenVLTeacher`` or ``InternVLTeacher`` (real or random weights; only their configs are read).
 
     Returns ``{"step": {component: Flops}, "step_total": float (forward + backward),
     "generate_frozen": float, "generate_adapted": float, "teacher_tokens": [...]}``."""
@@ -344,7 +365,10 @@ def tto_flops(reasoner, teacher, latent_shape: Sequence[int], frame_indices: Seq
     mcfg = teacher.model.config
     vision_cfg = _cfg_dict(mcfg.vision_config)
     text_cfg = _cfg_dict(mcfg.text_config)
-    vision = qwen_vision(teacher.arch, vision_cfg, grid)
+    if teacher.arch == "internvl":
+        vision = internvl_vision(vision_cfg, float(mcfg.downsample_ratio), text_cfg["hidden_size"], k)
+    else:
+        vision = qwen_vision(teacher.arch, vision_cfg, grid)
     if not getattr(teacher, "batch_questions", True):  # the naive path runs the vision tower per question
         vision = vision * len(rows)
     n_ans = len(teacher.answer_ids)

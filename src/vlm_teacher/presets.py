@@ -184,7 +184,7 @@ def wan_preset(name: str) -> WanPreset:
 
 def qwen_preset(name: str) -> QwenPreset:
     if name not in QWEN_PRESETS:
-        raise UserError(f"unknown teacher preset {name!r}; choose one of {sorted(QWEN_PRESETS)}")
+        raise UserError(f"unknown teacher preset {name!r}; choose one of {sorted(QWEN_PRESETS) + sorted(INTERNVL_PRESETS)}")
     return QWEN_PRESETS[name]
 
 
@@ -310,12 +310,14 @@ def build_qwen_teacher(preset: QwenPreset | str, device: str | torch.device = "c
 
 
 def count_parameters(name: str) -> int:
-    """Parameters of a preset's main network (Wan transformer or Qwen-VL), counted on the meta device."""
+    """Parameters of a preset's main network (Wan transformer, Qwen-VL or InternVL), counted on the meta device."""
     if name in WAN_PRESETS:
         from diffusers import WanTransformer3DModel
 
         with torch.device("meta"):
             module = WanTransformer3DModel(**WAN_PRESETS[name].transformer)
+    elif name in INTERNVL_PRESETS:
+        module, _ = _internvl_model(INTERNVL_PRESETS[name], torch.device("meta"), torch.float32)
     else:
         from .testing.offline_tokenizer import build_offline_tokenizer
 
@@ -334,3 +336,72 @@ def count_parameters(name: str) -> int:
             seen.add(id(p))
             total += p.numel()
     return total
+
+
+# ----------------------------------------------------------------------------- InternVL teachers
+
+@dataclass(frozen=True)
+class InternVLPreset:
+    """An InternVL teacher: Qwen2 text and InternViT vision kwargs (``testing.tiny_internvl``'s builders)."""
+
+    name: str
+    text: dict[str, Any]
+    vision: dict[str, Any]
+    recalled: tuple[str, ...] = ()
+
+
+def _internvl_presets() -> dict[str, InternVLPreset]:
+    from .testing.tiny_internvl import internvl_vision, qwen2_text
+
+    return {
+        # InternVL3-8B(-hf): InternViT-300M-448px-V2.5 (24 layers, 1024 wide, MLP 4096, 16 heads, patch 14,
+        # qkv bias, LayerNorm) + MLP projector + Qwen2.5-7B (3584, 28 layers, 28 / 4 heads, MLP 18944,
+        # vocabulary 151674 with InternVL's added tokens, untied); tile 448, 256 tokens per tile.
+        "internvl3-8b": InternVLPreset("internvl3-8b", qwen2_text(3584, 28, 28, 4, 18944, 151674),
+                                       internvl_vision(24, 1024, 16, 4096, 448, 14), recalled=("all values",)),
+        "internvl3-tiny": InternVLPreset("internvl3-tiny", qwen2_text(64, 2, 4, 2, 128, 2048),
+                                         internvl_vision(2, 32, 2, 64, 56, 14)),
+    }
+
+
+INTERNVL_PRESETS: dict[str, InternVLPreset] = _internvl_presets()
+
+
+def _internvl_model(preset: InternVLPreset, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                    attn_implementation: str | None = None):
+    """(model, tokenizer) of ``preset``, random weights, built on ``device`` in ``dtype``."""
+    import tempfile
+
+    from transformers import InternVLForConditionalGeneration
+
+    from .testing.tiny_internvl import internvl_config, save_internvl_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = save_internvl_tokenizer(tmp, 1536)
+    config = internvl_config(preset.text, preset.vision, tokenizer)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with _defaults(device, dtype):
+            model = InternVLForConditionalGeneration(config)
+    return model.eval(), tokenizer
+
+
+def build_teacher(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+                  *, max_pixels: int | None = None, attn_implementation: str | None = None):
+    """The teacher of any preset (Qwen-VL or InternVL), random weights, built on ``device``.
+    ``max_pixels`` is a Qwen-VL setting (InternVL's frames are always one tile)."""
+    if name not in INTERNVL_PRESETS:
+        return build_qwen_teacher(name, device, dtype, seed, max_pixels=max_pixels,
+                                  attn_implementation=attn_implementation)
+    from .teacher.internvl import InternVLTeacher
+    from .teacher.tiles import TileSpec
+
+    if max_pixels is not None:
+        raise UserError(f"--teacher-max-pixels does not apply to {name}: InternVL shows each frame as one tile")
+    model, tokenizer = _internvl_model(INTERNVL_PRESETS[name], torch.device(device), dtype, seed,
+                                       attn_implementation)
+    vision = model.config.vision_config
+    return InternVLTeacher(model, tokenizer, TileSpec(tile=int(vision.image_size[0]),
+                                                      tokens_per_tile=int(model.config.image_seq_length)))
