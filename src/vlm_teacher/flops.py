@@ -178,7 +178,8 @@ def qwen_vision(arch: str, vision_cfg: dict[str, Any], grid_thw: Sequence[int]) 
     patch, tp, merge = c["patch_size"], c["temporal_patch_size"], c["spatial_merge_size"]
     out = c["out_hidden_size"]
     grad = 2.0 * p_total * c.get("in_channels", 3) * tp * patch * patch * dv
-    mlp = (4.0 if arch == "qwen3_vl" else 6.0) * p_total * dv * fv
+    qwen3 = arch != "qwen2_5_vl"  # Qwen3-VL and Qwen3-VL-MoE share the tower
+    mlp = (4.0 if qwen3 else 6.0) * p_total * dv * fv
     full = float(t * (gh * gw) ** 2)
     if arch == "qwen2_5_vl":
         windowed = float(t * sum(s * s for s in _qwen25_window_sizes(gh, gw, merge, c["window_size"], patch)))
@@ -186,10 +187,10 @@ def qwen_vision(arch: str, vision_cfg: dict[str, Any], grid_thw: Sequence[int]) 
     attention = 0.0
     for i in range(depth):
         grad += 8.0 * p_total * dv * dv + mlp
-        seqsq = full if arch == "qwen3_vl" or i in full_blocks else windowed
+        seqsq = full if qwen3 or i in full_blocks else windowed
         attention += 4.0 * seqsq * dv
     hm = dv * merge * merge
-    mergers = 1 + (len(c.get("deepstack_visual_indexes") or []) if arch == "qwen3_vl" else 0)
+    mergers = 1 + (len(c.get("deepstack_visual_indexes") or []) if qwen3 else 0)
     grad += mergers * 2.0 * (p_total / (merge * merge)) * (hm * hm + hm * out)
     return Flops(grad=grad, attention=attention)
 
@@ -237,16 +238,23 @@ def qwen_language(text_cfg: dict[str, Any], seq_lens: Sequence[int], answer_toke
     """One forward of the language model over rows of ``seq_lens`` tokens (padding
     excluded) and the LM head at the ``answer_tokens`` positions of each row.
 
-    Per layer and token: q/o 4 d (H h), k/v 4 d (K h), gated MLP 6 d f; attention
-    4 n^2 (H h) per row (half of it with ``causal_half``)."""
+    Per layer and token: q/o 4 d (H h), k/v 4 d (K h), gated MLP 6 d f; a sparse MoE layer
+    (Qwen3-VL-MoE) instead: its router 2 d E and ``num_experts_per_tok`` gated experts
+    of width ``moe_intermediate_size``; attention 4 n^2 (H h) per row (half of it with
+    ``causal_half``)."""
     c = text_cfg
     d, f, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
     heads, kv = c["num_attention_heads"], c["num_key_value_heads"]
     hd = c.get("head_dim") or d // heads
     tokens = float(sum(seq_lens))
-    per_token = 4.0 * d * heads * hd + 4.0 * d * kv * hd + 6.0 * d * f
+    experts = c.get("num_experts") or c.get("num_local_experts") or 0  # config.to_dict() says num_local_experts
+    step = c.get("decoder_sparse_step") or 1
+    dense = set(c.get("mlp_only_layers") or [])
+    mlp = sum(2.0 * d * experts + c["num_experts_per_tok"] * 6.0 * d * c["moe_intermediate_size"]
+              if experts and i not in dense and (i + 1) % step == 0 else 6.0 * d * f for i in range(layers))
+    per_token = layers * (4.0 * d * heads * hd + 4.0 * d * kv * hd) + mlp
     sq = float(sum(n * n for n in seq_lens)) * (0.5 if causal_half else 1.0)
-    grad = layers * per_token * tokens + 2.0 * len(seq_lens) * answer_tokens * d * c["vocab_size"]
+    grad = per_token * tokens + 2.0 * len(seq_lens) * answer_tokens * d * c["vocab_size"]
     attention = layers * 4.0 * sq * heads * hd
     return Flops(grad=grad, attention=attention)
 

@@ -69,7 +69,7 @@ class QwenPreset:
     """A Qwen-VL teacher: ``arch`` plus the text and vision config dicts (transformers 5 names)."""
 
     name: str
-    arch: str                    # qwen2_5_vl | qwen3_vl
+    arch: str                    # qwen2_5_vl | qwen3_vl | qwen3_vl_moe
     text: dict[str, Any]
     vision: dict[str, Any]
     min_pixels: int | None = None  # per-frame pixel budget; None: the released processor's
@@ -150,6 +150,26 @@ QWEN_PRESETS: dict[str, QwenPreset] = {
                     window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
                     hidden_act="silu"),
         tie_word_embeddings=False, recalled=("all values",)),
+    # Qwen3-VL-30B-A3B-Instruct: 48 layers of 128 experts (width 768, 8 per token), 32 / 4 heads of 128,
+    # hidden 2048, untied; the vision tower of Qwen3-VL-8B (27 blocks of 1152, MLP 4304, deepstack [8, 16, 24]).
+    "qwen3-vl-30b-a3b": QwenPreset(
+        name="qwen3-vl-30b-a3b", arch="qwen3_vl_moe",
+        text=dict(_qwen3_text(2048, 48, 32, 4, 128, 6144, 151936, [24, 20, 20]), num_experts=128,
+                  num_experts_per_tok=8, moe_intermediate_size=768, decoder_sparse_step=1),
+        vision=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, in_channels=3,
+                    patch_size=16, temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=2048,
+                    num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24],
+                    hidden_act="gelu_pytorch_tanh"),
+        tie_word_embeddings=False, recalled=("all values",)),
+    "qwen3-vl-moe-tiny": QwenPreset(
+        name="qwen3-vl-moe-tiny", arch="qwen3_vl_moe",
+        text=dict(_qwen3_text(64, 2, 4, 2, 16, 128, 2048, [4, 2, 2]), num_experts=4, num_experts_per_tok=2,
+                  moe_intermediate_size=32, decoder_sparse_step=1),
+        vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3,
+                    patch_size=16, temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=64,
+                    num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
+                    hidden_act="gelu_pytorch_tanh"),
+        min_pixels=32 * 32, max_pixels=256 * 256),
     "qwen3-vl-tiny": QwenPreset(
         name="qwen3-vl-tiny", arch="qwen3_vl",
         text=_qwen3_text(64, 2, 4, 2, 16, 128, 2048, [4, 2, 2]),
@@ -270,10 +290,9 @@ def qwen_config(preset: QwenPreset | str, tokenizer):
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than the preset's vocabulary")
     text = dict(preset.text, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=preset.tie_word_embeddings)
-    if preset.arch == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLConfig as Config
-    else:
-        from transformers import Qwen3VLConfig as Config
+    from .teacher.qwen import _model_class
+
+    Config = _model_class(preset.arch).config_class
     return Config(text_config=text, vision_config=dict(preset.vision), image_token_id=ids["<|image_pad|>"],
                   video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                   vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=preset.tie_word_embeddings)
@@ -285,7 +304,7 @@ def build_qwen_teacher(preset: QwenPreset | str, device: str | torch.device = "c
     """A ``QwenVLTeacher`` over a random-weight model of ``preset``, built on ``device``.
     ``max_pixels`` lowers the per-frame pixel budget (fewer video tokens)."""
     from .teacher import pixels
-    from .teacher.qwen import QwenVLTeacher
+    from .teacher.qwen import QwenVLTeacher, _model_class
     from .testing.offline_tokenizer import build_offline_tokenizer
 
     preset = qwen_preset(preset) if isinstance(preset, str) else preset
@@ -294,10 +313,7 @@ def build_qwen_teacher(preset: QwenPreset | str, device: str | torch.device = "c
     config = qwen_config(preset, tokenizer)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
-    if preset.arch == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLForConditionalGeneration as Model
-    else:
-        from transformers import Qwen3VLForConditionalGeneration as Model
+    Model = _model_class(preset.arch)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         with _defaults(device, dtype):
@@ -319,16 +335,13 @@ def count_parameters(name: str) -> int:
     elif name in INTERNVL_PRESETS:
         module, _ = _internvl_model(INTERNVL_PRESETS[name], torch.device("meta"), torch.float32)
     else:
+        from .teacher.qwen import _model_class
         from .testing.offline_tokenizer import build_offline_tokenizer
 
         preset = qwen_preset(name)
         config = qwen_config(preset, build_offline_tokenizer(1536))
-        if preset.arch == "qwen2_5_vl":
-            from transformers import Qwen2_5_VLForConditionalGeneration as Model
-        else:
-            from transformers import Qwen3VLForConditionalGeneration as Model
         with torch.device("meta"):
-            module = Model(config)
+            module = _model_class(preset.arch)(config)
     seen: set[int] = set()
     total = 0
     for p in module.parameters():  # tied weights once

@@ -4,6 +4,7 @@ __all__ = ["Teacher", "load_teacher"]
 
 #: config.json model_type -> the adapter module and class that load it
 TEACHERS = {"qwen2_5_vl": ("qwen", "QwenVLTeacher"), "qwen3_vl": ("qwen", "QwenVLTeacher"),
+            "qwen3_vl_moe": ("qwen", "QwenVLTeacher"),
             "internvl": ("internvl", "InternVLTeacher")}
 
 

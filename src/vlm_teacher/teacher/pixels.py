@@ -89,6 +89,7 @@ class PixelSpec:
 DEFAULT_SPECS: dict[str, PixelSpec] = {
     "qwen2_5_vl": PixelSpec(14, 2, 2, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 56 * 56, 28 * 28 * 1280),
     "qwen3_vl": PixelSpec(16, 2, 2, HALF_MEAN_STD, HALF_MEAN_STD, 65536, 16777216),
+    "qwen3_vl_moe": PixelSpec(16, 2, 2, HALF_MEAN_STD, HALF_MEAN_STD, 65536, 16777216),
 }
 
 

@@ -1,4 +1,4 @@
-"""The Teacher adapter over transformers' Qwen2.5-VL and Qwen3-VL.
+"""The Teacher adapter over transformers' Qwen2.5-VL and Qwen3-VL (and Qwen3-VL-MoE, on the Qwen3-VL path).
 
 ``yes_logprob`` is the paper's reward: log P("Yes" | video, question), summed over
 the answer's tokens (teacher-forced), differentiable in the frames. The frames go
@@ -35,7 +35,7 @@ from . import pixels
 from .common import ANSWER_INSTRUCTION, ChatTeacher, _has_safetensors, _read_json
 from .common import shared_prefix_length  # noqa: F401 - imported from here by flops.py and tests
 
-SUPPORTED_ARCHS = ("qwen2_5_vl", "qwen3_vl")
+SUPPORTED_ARCHS = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")  # the MoE shares Qwen3-VL's vision and prompts
 VIDEO_ITEM = "<|vision_start|><|video_pad|><|vision_end|>"
 IMAGE_ITEM = "<|vision_start|><|image_pad|><|vision_end|>"
 #: frames per second assumed for the K frames shown (Qwen's default video sampling rate);
@@ -48,6 +48,10 @@ def _model_class(arch: str):
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         return Qwen2_5_VLForConditionalGeneration
+    if arch == "qwen3_vl_moe":
+        from transformers import Qwen3VLMoeForConditionalGeneration
+
+        return Qwen3VLMoeForConditionalGeneration
     from transformers import Qwen3VLForConditionalGeneration
 
     return Qwen3VLForConditionalGeneration
@@ -132,7 +136,7 @@ class QwenVLTeacher(ChatTeacher):
         arch = config.get("model_type")
         if arch not in SUPPORTED_ARCHS:
             raise UserError(f"{folder}: model_type {arch!r} is not supported as a teacher; "
-                            f"supported: {', '.join(SUPPORTED_ARCHS)} (Qwen2.5-VL, Qwen3-VL) and internvl (InternVL -hf)")
+                            f"supported: {', '.join(SUPPORTED_ARCHS)} (Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE) and internvl (InternVL -hf)")
         if not _has_safetensors(folder):
             raise UserError(f"{folder} has no *.safetensors weights (only safetensors are loaded, never pickle); "
                             f"convert the checkpoint with save_pretrained(safe_serialization=True)")
