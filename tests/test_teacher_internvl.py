@@ -143,6 +143,18 @@ def test_wrong_folders_raise_user_error(tmp_path, tiny_dir):
         InternVLTeacher.from_pretrained(wrong_len)
 
 
+def test_chat_template_beside_the_processor_is_used(tmp_path, tiny_dir, teacher):
+    folder = tmp_path / "template_apart"
+    shutil.copytree(tiny_dir, folder)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    template = cfg.pop("chat_template", None) or (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    loaded = InternVLTeacher.from_pretrained(folder)
+    assert loaded.question_text("Is it ok?", 2) == teacher.question_text("Is it ok?", 2)
+
+
 # ------------------------------------------------------------------ pixels
 
 
@@ -378,3 +390,23 @@ def test_tto_flops_and_a_meta_build_at_full_size():
     assert vision.attention == 24 * 24 * 4.0 * 1025 ** 2 * 1024
     with pytest.raises(UserError, match="one tile"):
         build_teacher("internvl3-tiny", max_pixels=4096)
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def test_run_end_to_end_with_the_internvl_teacher(tiny_wan_dir, tiny_dir, first_frame_png, tmp_path):
+    """`vlm-teacher run` with an InternVL folder as --teacher: queries written, steps taken, the
+    teacher's P(Yes) in the history, the video written."""
+    from vlm_teacher.cli import main
+    from vlm_teacher.video import read_video
+
+    out = tmp_path / "out"
+    assert main(["run", "--reasoner", str(tiny_wan_dir), "--teacher", str(tiny_dir), "--prompt",
+                 "Move the blue agent to the green square.", "--image", str(first_frame_png), "--out", str(out),
+                 "--steps", "2", "--k", "3", "--quiet", "--tau", "-1"]) == 0
+    hist = json.loads((out / "history.json").read_text())
+    queries = json.loads((out / "queries.json").read_text())
+    assert hist["steps"] == 2 and len(hist["history"][0]["p_yes"]) == 1 + len(queries["process"])
+    assert all(0.0 < p < 1.0 for p in hist["history"][0]["p_yes"])
+    assert read_video(out / "video.mp4").shape[-1] == 3

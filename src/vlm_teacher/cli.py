@@ -46,7 +46,7 @@ def _device_and_dtype(device: str, dtype: str):
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reasoner", required=True, type=Path, help="Wan pipeline folder (diffusers layout)")
-    p.add_argument("--teacher", required=True, type=Path, help="Qwen2.5-VL / Qwen3-VL folder (transformers layout)")
+    p.add_argument("--teacher", required=True, type=Path, help="Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE / InternVL3 (-hf) folder (transformers layout)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
 

@@ -133,6 +133,13 @@ def _qwen25_text(hidden: int, layers: int, heads: int, kv: int, mlp: int, vocab:
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope})
 
 
+def _qwen3_vision(depth: int, hidden: int, mlp: int, heads: int, out: int, positions: int,
+                  deepstack: list[int]) -> dict[str, Any]:
+    return dict(depth=depth, hidden_size=hidden, intermediate_size=mlp, num_heads=heads, in_channels=3,
+                patch_size=16, temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=out,
+                num_position_embeddings=positions, deepstack_visual_indexes=deepstack, hidden_act="gelu_pytorch_tanh")
+
+
 QWEN_PRESETS: dict[str, QwenPreset] = {
     "qwen3-vl-4b": QwenPreset(
         name="qwen3-vl-4b", arch="qwen3_vl",
@@ -156,19 +163,13 @@ QWEN_PRESETS: dict[str, QwenPreset] = {
         name="qwen3-vl-30b-a3b", arch="qwen3_vl_moe",
         text=dict(_qwen3_text(2048, 48, 32, 4, 128, 6144, 151936, [24, 20, 20]), num_experts=128,
                   num_experts_per_tok=8, moe_intermediate_size=768, decoder_sparse_step=1),
-        vision=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, in_channels=3,
-                    patch_size=16, temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=2048,
-                    num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24],
-                    hidden_act="gelu_pytorch_tanh"),
+        vision=_qwen3_vision(27, 1152, 4304, 16, 2048, 2304, [8, 16, 24]),
         tie_word_embeddings=False, recalled=("all values",)),
     "qwen3-vl-moe-tiny": QwenPreset(
         name="qwen3-vl-moe-tiny", arch="qwen3_vl_moe",
         text=dict(_qwen3_text(64, 2, 4, 2, 16, 128, 2048, [4, 2, 2]), num_experts=4, num_experts_per_tok=2,
                   moe_intermediate_size=32, decoder_sparse_step=1),
-        vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3,
-                    patch_size=16, temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=64,
-                    num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
-                    hidden_act="gelu_pytorch_tanh"),
+        vision=_qwen3_vision(2, 32, 64, 2, 64, 64, [0, 1]),
         min_pixels=32 * 32, max_pixels=256 * 256),
     "qwen3-vl-tiny": QwenPreset(
         name="qwen3-vl-tiny", arch="qwen3_vl",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,6 +42,67 @@ def _has_safetensors(folder: Path) -> bool:
     return any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
 
 
+def open_model_folder(path: str | os.PathLike, kind: str) -> tuple[Path, dict[str, Any]]:
+    """(folder, its config.json) after the checks every teacher makes: the folder and its
+    config.json exist, the weights are safetensors (never pickle), a tokenizer is there.
+    ``kind`` names the expected checkpoints in the messages."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"teacher folder not found: {folder}. Give a transformers {kind} folder")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{folder} has no config.json: it is not a transformers model folder "
+                        f"(expected a {kind} checkpoint)")
+    config = _read_json(config_path)
+    if not _has_safetensors(folder):
+        raise UserError(f"{folder} has no *.safetensors weights (only safetensors are loaded, never pickle); "
+                        f"convert the checkpoint with save_pretrained(safe_serialization=True)")
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise UserError(f"{folder} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    return folder, config
+
+
+def read_configs(folder: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The processor configs among ``names`` that the folder has, in that order."""
+    return [_read_json(folder / name) for name in names if (folder / name).is_file()]
+
+
+def load_frozen(model_class: Any, folder: Path, device: str | torch.device, dtype: torch.dtype | str | None,
+                attn_implementation: str | None) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) of a checked folder: safetensors only, no remote code, float32 by default."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the tokenizer of {folder}: {exc}") from None
+    if getattr(tokenizer, "chat_template", None) is None:  # some -hf folders keep it beside the processor
+        for name in ("chat_template.jinja", "chat_template.json"):
+            if (folder / name).is_file():
+                text = (folder / name).read_text()
+                tokenizer.chat_template = _read_json(folder / name)["chat_template"] if name.endswith("json") else text
+                break
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "dtype": dtype or torch.float32}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = model_class.from_pretrained(folder, **kwargs)
+    model.to(device)
+    return model, tokenizer
+
+
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token rows, left-padded to one length (the answers line up at the end)."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, length - len(row):] = 1
+    return ids, mask
+
+
 def shared_prefix_length(rows: Sequence[Sequence[int]], answer_tokens: int) -> int:
     """Tokens all rows share at their start, leaving each row at least its answer and the
     position that predicts it (``share_prefix``; also used by the FLOP count)."""
@@ -55,9 +117,21 @@ def shared_prefix_length(rows: Sequence[Sequence[int]], answer_tokens: int) -> i
 class ChatTeacher:
     """The model-independent half of a frozen chat-VLM teacher (see the module docstring).
 
-    Subclasses set ``model``, ``tokenizer``, ``answer_ids``, ``pad_id``, ``video_token_id``,
-    ``batch_questions``, ``share_prefix`` and ``_grad_ckpt`` in ``__init__`` and define
-    ``answer_logits`` and ``prompt_inputs``."""
+    Subclasses set ``model``, ``tokenizer`` and ``video_token_id`` in ``__init__``, then call
+    ``_setup(answer)``, and define ``answer_logits`` and ``prompt_inputs``."""
+
+    def _setup(self, answer: str) -> None:
+        """What every adapter's ``__init__`` ends with: the teacher-forced answer's ids, the
+        pad id, the performance switches at their defaults, an empty prepared-input cache."""
+        self.answer = answer
+        self.answer_ids = self._encode(answer)
+        if not self.answer_ids:
+            raise ValueError(f"the answer {answer!r} encodes to no tokens")
+        self.pad_id = self._pad_id()
+        self.batch_questions = True
+        self.share_prefix = True
+        self._grad_ckpt = False
+        self._prepared_cache: dict[tuple, dict[str, Any]] = {}
 
     # ------------------------------------------------------------ performance switches
 
@@ -174,6 +248,13 @@ class ChatTeacher:
                 "position_ids": torch.cat(positions, dim=-1).unsqueeze(-2), "video_mask": packed_video,
                 "video_index": tuple(packed_video.nonzero(as_tuple=True)), "video_tokens": prep["video_tokens"],
                 "video_copies": 1, "answer_index": torch.tensor(answer_index, device=device)}
+
+    def _remember(self, key: tuple, prep: dict[str, Any]) -> dict[str, Any]:
+        """Keep ``prep`` in ``_prepared_cache`` (a few (questions, size) pairs per instance: bounded)."""
+        if len(self._prepared_cache) >= 16:
+            self._prepared_cache.clear()
+        self._prepared_cache[key] = prep
+        return prep
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         """The LM head in float32 on the answer positions only (bf16 model, fp32 logits)."""

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import UserError
 from . import tiles
-from .common import ANSWER_INSTRUCTION, ChatTeacher, _has_safetensors, _read_json
+from .common import ANSWER_INSTRUCTION, ChatTeacher, left_padded, load_frozen, open_model_folder, read_configs
 
 ARCH = "internvl"
 #: the tokenizer's named multimodal tokens (``tokenizer_config.json``) and their InternVL3 values
@@ -63,15 +63,7 @@ class InternVLTeacher(ChatTeacher):
         if spec.tile != int(vision.image_size[0]):
             raise UserError(f"processor tile size {spec.tile} disagrees with the vision tower's image_size "
                             f"{vision.image_size[0]}; fix preprocessor_config.json")
-        self.answer = answer
-        self.answer_ids = self._encode(answer)
-        if not self.answer_ids:
-            raise ValueError(f"the answer {answer!r} encodes to no tokens")
-        self.pad_id = self._pad_id()
-        self.batch_questions = True
-        self.share_prefix = True
-        self._grad_ckpt = False
-        self._prepared_cache: dict[tuple, dict[str, Any]] = {}
+        self._setup(answer)
 
     # ------------------------------------------------------------ loading
 
@@ -81,41 +73,20 @@ class InternVLTeacher(ChatTeacher):
                         attn_implementation: str | None = None) -> "InternVLTeacher":
         """Load a transformers InternVL folder (the ``-hf`` checkpoints: model_type ``internvl``;
         safetensors only, no remote code)."""
-        folder = Path(path)
-        if not folder.is_dir():
-            raise UserError(f"teacher folder not found: {folder}. Give a transformers InternVL (-hf) folder")
-        if not (folder / "config.json").is_file():
-            raise UserError(f"{folder} has no config.json: it is not a transformers model folder")
-        config = _read_json(folder / "config.json")
+        folder, config = open_model_folder(path, "InternVL (-hf)")
         if config.get("model_type") != ARCH:
             raise UserError(f"{folder}: model_type {config.get('model_type')!r} is not InternVL; the remote-code "
                             f"InternVL checkpoints (internvl_chat) are not loaded, use the -hf conversion")
-        if not _has_safetensors(folder):
-            raise UserError(f"{folder} has no *.safetensors weights (only safetensors are loaded, never pickle); "
-                            f"convert the checkpoint with save_pretrained(safe_serialization=True)")
-        if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-            raise UserError(f"{folder} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
-        proc_cfgs = [_read_json(folder / name) for name in
-                     ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json")
-                     if (folder / name).is_file()]
+        proc_cfgs = read_configs(folder, ("preprocessor_config.json", "video_preprocessor_config.json",
+                                          "processor_config.json"))
         try:
             spec = tiles.spec_from_configs(config, proc_cfgs)
         except (ValueError, TypeError) as exc:
             raise UserError(f"{folder}: bad vision preprocessing settings: {exc}") from None
 
-        from transformers import AutoTokenizer, InternVLForConditionalGeneration
+        from transformers import InternVLForConditionalGeneration
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load the tokenizer of {folder}: {exc}") from None
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        kwargs: dict[str, Any] = {"use_safetensors": True, "dtype": dtype or torch.float32}
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        model = InternVLForConditionalGeneration.from_pretrained(folder, **kwargs)
-        model.to(device)
+        model, tokenizer = load_frozen(InternVLForConditionalGeneration, folder, device, dtype, attn_implementation)
         return cls(model, tokenizer, spec, path=folder)
 
     # ------------------------------------------------------------ tokens and prompts
@@ -144,13 +115,8 @@ class InternVLTeacher(ChatTeacher):
     def build_inputs(self, questions: Sequence[str], num_frames: int) -> dict[str, torch.Tensor]:
         """Token ids of every question followed by the answer tokens, left-padded, with the
         attention mask and 1-D positions (Q, L); the answer is the last ``len(answer_ids)``."""
-        rows = [self._encode(self.question_text(q, num_frames)) + self.answer_ids for q in questions]
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, length - len(row):] = 1
+        ids, mask = left_padded([self._encode(self.question_text(q, num_frames)) + self.answer_ids
+                                 for q in questions], self.pad_id)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         dev = self.device
         return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "position_ids": positions.to(dev)}
@@ -211,10 +177,7 @@ class InternVLTeacher(ChatTeacher):
                 "video_tokens": int(per_row[0]), "video_copies": len(questions)}
         if self.share_prefix and len(questions) > 1:
             prep = self._packed(prep) or prep
-        if len(self._prepared_cache) >= 16:
-            self._prepared_cache.clear()
-        self._prepared_cache[key] = prep
-        return prep
+        return self._remember(key, prep)
 
     # ------------------------------------------------------------ generation
 

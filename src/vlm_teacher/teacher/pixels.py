@@ -239,6 +239,11 @@ def image_to_pixel_values(image: np.ndarray | torch.Tensor, spec: PixelSpec,
                           device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One image (uint8 H x W x 3, or float (3, H, W) in [0, 1]) -> (pixel_values, grid_thw)
     with grid_t = 1, the frame repeated over the temporal patch (the image processor's layout)."""
+    return frames_to_pixel_values(image_tensor(image, device)[None], spec)
+
+
+def image_tensor(image: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """One image (uint8 H x W x 3, or float (3, H, W) in [0, 1]) as float (3, H, W) in [0, 1] on ``device``."""
     if isinstance(image, np.ndarray):
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
@@ -248,9 +253,7 @@ def image_to_pixel_values(image: np.ndarray | torch.Tensor, spec: PixelSpec,
         tensor = image.float()
         if tensor.ndim != 3 or tensor.shape[0] != 3:
             raise ValueError(f"image tensor must be (3, H, W), got {tuple(tensor.shape)}")
-    if device is not None:
-        tensor = tensor.to(device)
-    return frames_to_pixel_values(tensor[None], spec)
+    return tensor if device is None else tensor.to(device)
 
 
 def num_merged_tokens(grid_thw: torch.Tensor, spec: PixelSpec) -> int:

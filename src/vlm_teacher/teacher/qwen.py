@@ -32,7 +32,7 @@ import torch
 
 from ..errors import UserError
 from . import pixels
-from .common import ANSWER_INSTRUCTION, ChatTeacher, _has_safetensors, _read_json
+from .common import ANSWER_INSTRUCTION, ChatTeacher, left_padded, load_frozen, open_model_folder, read_configs
 from .common import shared_prefix_length  # noqa: F401 - imported from here by flops.py and tests
 
 SUPPORTED_ARCHS = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")  # the MoE shares Qwen3-VL's vision and prompts
@@ -99,19 +99,9 @@ class QwenVLTeacher(ChatTeacher):
         self.video_token_id = int(cfg.video_token_id)
         self.image_token_id = int(cfg.image_token_id)
         self._check_tokenizer()
-        self.answer = answer
-        self.answer_ids = self._encode(answer)
-        if not self.answer_ids:
-            raise ValueError(f"the answer {answer!r} encodes to no tokens")
-        self.pad_id = self._pad_id()
         rope_params = inspect.signature(model.model.get_rope_index).parameters
         self._rope_takes_mm_types = "mm_token_type_ids" in rope_params
-        self.batch_questions = True
-        self.share_prefix = True
-        self._grad_ckpt = False
-        self._prepared_cache: dict[tuple, dict[str, Any]] = {}
-
-    # ------------------------------------------------------------ performance switches
+        self._setup(answer)
 
     # ------------------------------------------------------------ loading
 
@@ -125,26 +115,12 @@ class QwenVLTeacher(ChatTeacher):
         ``min_pixels`` / ``max_pixels`` override the per-frame pixel budget of the
         folder's preprocessor config (lower ``max_pixels`` to save memory on big frames).
         """
-        folder = Path(path)
-        if not folder.is_dir():
-            raise UserError(f"teacher folder not found: {folder}. Give a transformers Qwen2.5-VL or Qwen3-VL folder")
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise UserError(f"{folder} has no config.json: it is not a transformers model folder "
-                            f"(expected a Qwen2.5-VL or Qwen3-VL checkpoint)")
-        config = _read_json(config_path)
+        folder, config = open_model_folder(path, "Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE")
         arch = config.get("model_type")
         if arch not in SUPPORTED_ARCHS:
             raise UserError(f"{folder}: model_type {arch!r} is not supported as a teacher; "
                             f"supported: {', '.join(SUPPORTED_ARCHS)} (Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE) and internvl (InternVL -hf)")
-        if not _has_safetensors(folder):
-            raise UserError(f"{folder} has no *.safetensors weights (only safetensors are loaded, never pickle); "
-                            f"convert the checkpoint with save_pretrained(safe_serialization=True)")
-        if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-            raise UserError(f"{folder} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
-
-        proc_cfgs = [_read_json(folder / name) for name in ("preprocessor_config.json", "video_preprocessor_config.json")
-                     if (folder / name).is_file()]
+        proc_cfgs = read_configs(folder, ("preprocessor_config.json", "video_preprocessor_config.json"))
         try:
             spec = pixels.spec_from_configs(arch, config, proc_cfgs).with_pixels(min_pixels, max_pixels)
         except (ValueError, TypeError) as exc:
@@ -156,19 +132,7 @@ class QwenVLTeacher(ChatTeacher):
                 raise UserError(f"{folder}: preprocessor {key}={getattr(spec, key)} disagrees with the model's "
                                 f"vision_config {model_key}={vision[model_key]}; fix preprocessor_config.json")
 
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load the tokenizer of {folder}: {exc}") from None
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        kwargs: dict[str, Any] = {"use_safetensors": True, "dtype": dtype or torch.float32}
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        model = _model_class(arch).from_pretrained(folder, **kwargs)
-        model.to(device)
+        model, tokenizer = load_frozen(_model_class(arch), folder, device, dtype, attn_implementation)
         return cls(model, tokenizer, spec, arch, fps=fps, path=folder)
 
     # ------------------------------------------------------------ protocol bits
@@ -209,12 +173,7 @@ class QwenVLTeacher(ChatTeacher):
         ``len(answer_ids)`` positions of each row hold the teacher-forced answer.
         """
         rows = [self._encode(self.question_text(q, grid_thw, num_frames)) + self.answer_ids for q in questions]
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, length - len(row):] = 1
+        ids, mask = left_padded(rows, self.pad_id)
         mm = torch.where(ids == self.video_token_id, 2, torch.where(ids == self.image_token_id, 1, 0)) * mask
         dev = self.device
         return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "mm_token_type_ids": mm.to(dev)}
@@ -316,10 +275,7 @@ class QwenVLTeacher(ChatTeacher):
                 "video_copies": n_q}
         if self.share_prefix and n_q > 1:
             prep = self._packed(prep) or prep
-        if len(self._prepared_cache) >= 16:  # a few (questions, size) pairs per instance; keep it bounded
-            self._prepared_cache.clear()
-        self._prepared_cache[key] = prep
-        return prep
+        return self._remember(key, prep)
 
     def _answer_hidden_naive(self, frames: torch.Tensor, question: str) -> torch.Tensor:
         """``batch_questions = False``: the model's own forward for ONE question with

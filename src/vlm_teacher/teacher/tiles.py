@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .pixels import _check_frames, normalize_frames, resize_to
+from .pixels import _check_frames, image_tensor, normalize_frames, resize_to
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,17 +104,7 @@ def image_to_tiles(image: np.ndarray | torch.Tensor, spec: TileSpec,
                    device: torch.device | str | None = None) -> torch.Tensor:
     """One image (uint8 H x W x 3, or float (3, H, W) in [0, 1]) -> normalised (N, 3, tile, tile):
     the grid's tiles row by row, then the thumbnail when N > 1 (the processor's order)."""
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be H x W x 3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
-        tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255.0)
-    else:
-        tensor = image.float()
-        if tensor.ndim != 3 or tensor.shape[0] != 3:
-            raise ValueError(f"image tensor must be (3, H, W), got {tuple(tensor.shape)}")
-    if device is not None:
-        tensor = tensor.to(device)
-    frame = tensor[None]
+    frame = image_tensor(image, device)[None]
     cols, rows = image_grid(frame.shape[-2], frame.shape[-1], spec)
     t = spec.tile
     canvas = resize_to(frame, rows * t, cols * t)
