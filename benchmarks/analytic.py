@@ -30,7 +30,7 @@ import torch
 import _common as C
 
 from vlm_teacher.perf import flops as F
-from vlm_teacher.perf.presets import QWEN_PRESETS, WAN_PRESETS, build_qwen_teacher, build_wan_reasoner, count_parameters
+from vlm_teacher.perf.presets import QWEN_PRESETS, WAN_PRESETS, build_teacher, build_wan_reasoner, count_parameters
 from vlm_teacher.reasoner.base import uniform_frame_indices
 from vlm_teacher.reasoner.surrogate import TinyWanDecoder
 from vlm_teacher.task import Queries
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     flop_rows, mem_rows = [], []
     sizes = [tuple(int(v) for v in s.split("x")) for s in a.sizes.split(",")]
     for name in a.teachers.split(","):
-        teacher = build_qwen_teacher(name, "meta", bf16)
+        teacher = build_teacher(name, "meta", bf16)
         for width, height in sizes:
             shape = reasoner.latent_shape(a.frames, height, width)
             idx = uniform_frame_indices(a.frames, a.k)

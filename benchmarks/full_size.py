@@ -41,7 +41,7 @@ import _common as C
 
 from vlm_teacher.perf import flops as F
 from vlm_teacher.optimize import TTOConfig, teach
-from vlm_teacher.perf.presets import build_qwen_teacher, build_wan_reasoner, random_prompt_embeds, wan_preset
+from vlm_teacher.perf.presets import build_teacher, build_wan_reasoner, random_prompt_embeds, wan_preset
 from vlm_teacher.reasoner.base import uniform_frame_indices
 from vlm_teacher.reasoner.surrogate import TinyWanDecoder
 from vlm_teacher.task import Queries, Task
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for name in a.teachers:
         t_build = time.perf_counter()
-        teacher = build_qwen_teacher(name, device, a.dtype, seed=a.seed, max_pixels=a.teacher_max_pixels)
+        teacher = build_teacher(name, device, a.dtype, seed=a.seed, max_pixels=a.teacher_max_pixels)
         teacher.grad_checkpointing = not a.no_teacher_ckpt
         teacher.batch_questions = not a.no_batch_questions
         teacher.share_prefix = not a.no_share_prefix

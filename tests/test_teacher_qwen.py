@@ -21,7 +21,7 @@ from vlm_teacher.teacher import load_teacher
 from vlm_teacher.teacher.qwen import QwenVLTeacher
 from vlm_teacher.testing.tiny_qwen import build_tiny_qwen_vl
 
-ARCHS = ["qwen2_5_vl", "qwen3_vl"]
+ARCHS = ["qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"]
 QUESTIONS = [
     "Does the blue agent reach the green target?",
     "Is it ok?",
@@ -81,13 +81,14 @@ def test_load_round_trip(tiny_dir, teacher):
     cfg = json.loads((tiny_dir / "config.json").read_text())
     assert teacher.arch == cfg["model_type"]
     assert type(teacher.model).__name__ == {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-                                            "qwen3_vl": "Qwen3VLForConditionalGeneration"}[teacher.arch]
+                                            "qwen3_vl": "Qwen3VLForConditionalGeneration",
+                                            "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}[teacher.arch]
     assert list(tiny_dir.glob("*.safetensors")) and not list(tiny_dir.glob("*.bin"))
     # the pixel settings come from preprocessor_config.json, the patch size is the real model's
     pre = json.loads((tiny_dir / "preprocessor_config.json").read_text())
     assert (teacher.spec.min_pixels, teacher.spec.max_pixels) == (pre["min_pixels"], pre["max_pixels"])
-    assert teacher.spec.patch_size == {"qwen2_5_vl": 14, "qwen3_vl": 16}[teacher.arch]
-    assert teacher.spec.image_mean[0] == pytest.approx({"qwen2_5_vl": 0.48145466, "qwen3_vl": 0.5}[teacher.arch])
+    assert teacher.spec.patch_size == (14 if teacher.arch == "qwen2_5_vl" else 16)
+    assert teacher.spec.image_mean[0] == pytest.approx(0.48145466 if teacher.arch == "qwen2_5_vl" else 0.5)
     # frozen and in eval mode
     assert not teacher.model.training
     assert not any(p.requires_grad for p in teacher.model.parameters())
@@ -120,7 +121,7 @@ def test_prompt_layout_follows_the_processor(teacher):
     assert text.count("<|video_pad|>") == n_pad
     assert text.rstrip().endswith("assistant")  # the next token is the answer
     assert QUESTIONS[0] in text and "Yes or No" in text
-    if teacher.arch == "qwen3_vl":  # one timestamped block per temporal patch: frames (0,1) (2,3) (4,4) at 2 fps
+    if teacher.arch != "qwen2_5_vl":  # Qwen3-VL (and its MoE): one timestamped block per temporal patch: frames (0,1) (2,3) (4,4) at 2 fps
         assert text.count("<|vision_start|>") == t
         assert [f"<{s} seconds><|vision_start|>" in text for s in ("0.2", "1.2", "2.0")] == [True] * 3
     else:
@@ -316,6 +317,6 @@ def test_defaults_without_preprocessor_config(tmp_path, tiny_dir):
     shutil.copytree(tiny_dir, bare)
     (bare / "preprocessor_config.json").unlink()
     t = QwenVLTeacher.from_pretrained(bare, max_pixels=128 * 128)
-    expected_mean = {"qwen2_5_vl": 0.48145466, "qwen3_vl": 0.5}[t.arch]
+    expected_mean = 0.48145466 if t.arch == "qwen2_5_vl" else 0.5
     assert t.spec.image_mean[0] == pytest.approx(expected_mean) and t.spec.max_pixels == 128 * 128
-    assert t.spec.patch_size == {"qwen2_5_vl": 14, "qwen3_vl": 16}[t.arch]
+    assert t.spec.patch_size == (14 if t.arch == "qwen2_5_vl" else 16)

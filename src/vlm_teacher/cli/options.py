@@ -13,7 +13,7 @@ TTO_FLAGS = {"steps": "max_steps", "fixed_steps": "fixed_steps", "tau": "tau", "
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reasoner", required=True, type=Path, help="Wan pipeline folder (diffusers layout)")
-    p.add_argument("--teacher", required=True, type=Path, help="Qwen2.5-VL / Qwen3-VL folder (transformers layout)")
+    p.add_argument("--teacher", required=True, type=Path, help="Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE / InternVL3 (-hf) folder (transformers layout)")
     add_device_args(p)
 
 

@@ -178,7 +178,8 @@ def qwen_vision(arch: str, vision_cfg: dict[str, Any], grid_thw: Sequence[int]) 
     patch, tp, merge = c["patch_size"], c["temporal_patch_size"], c["spatial_merge_size"]
     out = c["out_hidden_size"]
     grad = 2.0 * p_total * c.get("in_channels", 3) * tp * patch * patch * dv
-    mlp = (4.0 if arch == "qwen3_vl" else 6.0) * p_total * dv * fv
+    qwen3 = arch != "qwen2_5_vl"  # Qwen3-VL and Qwen3-VL-MoE share the tower
+    mlp = (4.0 if qwen3 else 6.0) * p_total * dv * fv
     full = float(t * (gh * gw) ** 2)
     if arch == "qwen2_5_vl":
         windowed = float(t * sum(s * s for s in _qwen25_window_sizes(gh, gw, merge, c["window_size"], patch)))
@@ -186,12 +187,30 @@ def qwen_vision(arch: str, vision_cfg: dict[str, Any], grid_thw: Sequence[int]) 
     attention = 0.0
     for i in range(depth):
         grad += 8.0 * p_total * dv * dv + mlp
-        seqsq = full if arch == "qwen3_vl" or i in full_blocks else windowed
+        seqsq = full if qwen3 or i in full_blocks else windowed
         attention += 4.0 * seqsq * dv
     hm = dv * merge * merge
-    mergers = 1 + (len(c.get("deepstack_visual_indexes") or []) if arch == "qwen3_vl" else 0)
+    mergers = 1 + (len(c.get("deepstack_visual_indexes") or []) if qwen3 else 0)
     grad += mergers * 2.0 * (p_total / (merge * merge)) * (hm * hm + hm * out)
     return Flops(grad=grad, attention=attention)
+
+
+def internvl_vision(vision_cfg: dict[str, Any], downsample_ratio: float, text_hidden: int, tiles: int) -> Flops:
+    """One forward of InternVL's vision side on ``tiles`` tiles (one per frame shown).
+
+    Per tile: P = (image / patch)^2 patches plus the CLS token, S = P + 1; patch embedding
+    2 P (3 p^2) D; per layer q/k/v/out 8 S D^2, MLP 4 S D F, attention 4 S^2 D; after the
+    pixel shuffle, the projector on n = P r^2 tokens of width D / r^2: 2 n (D / r^2) H + 2 n H^2."""
+    c = vision_cfg
+    size, patch = (v[0] if isinstance(v, (list, tuple)) else v for v in (c["image_size"], c["patch_size"]))
+    patches = (int(size) // int(patch)) ** 2
+    seq = patches + 1
+    d, f, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    grad = 2.0 * patches * c.get("num_channels", 3) * patch * patch * d
+    grad += layers * (8.0 * seq * d * d + 4.0 * seq * d * f)
+    tokens, wide = patches * downsample_ratio ** 2, d / downsample_ratio ** 2
+    grad += 2.0 * tokens * wide * text_hidden + 2.0 * tokens * text_hidden * text_hidden
+    return Flops(grad=grad * tiles, attention=layers * 4.0 * seq * seq * d * tiles)
 
 
 def qwen_language_shared(text_cfg: dict[str, Any], prefix: int, suffixes: Sequence[int], answer_tokens: int,
@@ -219,16 +238,23 @@ def qwen_language(text_cfg: dict[str, Any], seq_lens: Sequence[int], answer_toke
     """One forward of the language model over rows of ``seq_lens`` tokens (padding
     excluded) and the LM head at the ``answer_tokens`` positions of each row.
 
-    Per layer and token: q/o 4 d (H h), k/v 4 d (K h), gated MLP 6 d f; attention
-    4 n^2 (H h) per row (half of it with ``causal_half``)."""
+    Per layer and token: q/o 4 d (H h), k/v 4 d (K h), gated MLP 6 d f; a sparse MoE layer
+    (Qwen3-VL-MoE) instead: its router 2 d E and ``num_experts_per_tok`` gated experts
+    of width ``moe_intermediate_size``; attention 4 n^2 (H h) per row (half of it with
+    ``causal_half``)."""
     c = text_cfg
     d, f, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
     heads, kv = c["num_attention_heads"], c["num_key_value_heads"]
     hd = c.get("head_dim") or d // heads
     tokens = float(sum(seq_lens))
-    per_token = 4.0 * d * heads * hd + 4.0 * d * kv * hd + 6.0 * d * f
+    experts = c.get("num_experts") or c.get("num_local_experts") or 0  # config.to_dict() says num_local_experts
+    step = c.get("decoder_sparse_step") or 1
+    dense = set(c.get("mlp_only_layers") or [])
+    mlp = sum(2.0 * d * experts + c["num_experts_per_tok"] * 6.0 * d * c["moe_intermediate_size"]
+              if experts and i not in dense and (i + 1) % step == 0 else 6.0 * d * f for i in range(layers))
+    per_token = layers * (4.0 * d * heads * hd + 4.0 * d * kv * hd) + mlp
     sq = float(sum(n * n for n in seq_lens)) * (0.5 if causal_half else 1.0)
-    grad = layers * per_token * tokens + 2.0 * len(seq_lens) * answer_tokens * d * c["vocab_size"]
+    grad = per_token * tokens + 2.0 * len(seq_lens) * answer_tokens * d * c["vocab_size"]
     attention = layers * 4.0 * sq * heads * hd
     return Flops(grad=grad, attention=attention)
 
@@ -287,6 +313,9 @@ def teacher_grid(teacher, num_frames: int, height: int, width: int) -> tuple[int
     from ..teacher.pixels import smart_resize
 
     spec = teacher.spec
+    if teacher.arch == "internvl":  # one tile per frame, whatever the size
+        side = spec.tile // int(teacher.model.config.vision_config.patch_size[0])
+        return (num_frames, side, side)
     h, w = smart_resize(height, width, spec.factor, spec.min_pixels, spec.max_pixels)
     return (-(-num_frames // spec.temporal_patch_size), h // spec.patch_size, w // spec.patch_size)
 
@@ -295,8 +324,8 @@ def teacher_rows(teacher, questions: Sequence[str], grid: Sequence[int], num_fra
     """Token ids of each question's row (prompt with the video placeholders + the answer),
     built on the host (works for a model on any device, ``meta`` included)."""
     grid_tensor = torch.tensor([list(grid)], dtype=torch.long)
-    return [teacher._encode(teacher.question_text(q, grid_tensor, num_frames)) + list(teacher.answer_ids)
-            for q in questions]
+    args = (num_frames,) if teacher.arch == "internvl" else (grid_tensor, num_frames)
+    return [teacher._encode(teacher.question_text(q, *args)) + list(teacher.answer_ids) for q in questions]
 
 
 def teacher_lengths(teacher, questions: Sequence[str], grid: Sequence[int], num_frames: int) -> list[int]:
@@ -307,7 +336,7 @@ def tto_flops(reasoner, teacher, latent_shape: Sequence[int], frame_indices: Seq
               questions: Sequence[str], lora_rank: int, lora_targets: Sequence[str],
               sampler_steps: int | None = None) -> dict[str, Any]:
     """FLOPs of one test-time step and of one generation for a ``WanReasoner`` and a
-    ``QwenVLTeacher`` (real or random weights; only their configs are read).
+    ``QwenVLTeacher`` or ``InternVLTeacher`` (real or random weights; only their configs are read).
 
     Returns ``{"step": {component: Flops}, "step_total": float (forward + backward),
     "generate_frozen": float, "generate_adapted": float, "teacher_tokens": [...]}``."""
@@ -344,7 +373,10 @@ def tto_flops(reasoner, teacher, latent_shape: Sequence[int], frame_indices: Seq
     mcfg = teacher.model.config
     vision_cfg = _cfg_dict(mcfg.vision_config)
     text_cfg = _cfg_dict(mcfg.text_config)
-    vision = qwen_vision(teacher.arch, vision_cfg, grid)
+    if teacher.arch == "internvl":
+        vision = internvl_vision(vision_cfg, float(mcfg.downsample_ratio), text_cfg["hidden_size"], k)
+    else:
+        vision = qwen_vision(teacher.arch, vision_cfg, grid)
     if not getattr(teacher, "batch_questions", True):  # the naive path runs the vision tower per question
         vision = vision * len(rows)
     n_ans = len(teacher.answer_ids)

@@ -69,7 +69,7 @@ class QwenPreset:
     """A Qwen-VL teacher: ``arch`` plus the text and vision config dicts (transformers 5 names)."""
 
     name: str
-    arch: str                    # qwen2_5_vl | qwen3_vl
+    arch: str                    # qwen2_5_vl | qwen3_vl | qwen3_vl_moe
     text: dict[str, Any]
     vision: dict[str, Any]
     min_pixels: int | None = None  # per-frame pixel budget; None: the released processor's
@@ -133,6 +133,13 @@ def _qwen25_text(hidden: int, layers: int, heads: int, kv: int, mlp: int, vocab:
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope})
 
 
+def _qwen3_vision(depth: int, hidden: int, mlp: int, heads: int, out: int, positions: int,
+                  deepstack: list[int]) -> dict[str, Any]:
+    return dict(depth=depth, hidden_size=hidden, intermediate_size=mlp, num_heads=heads, in_channels=3,
+                patch_size=16, temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=out,
+                num_position_embeddings=positions, deepstack_visual_indexes=deepstack, hidden_act="gelu_pytorch_tanh")
+
+
 QWEN_PRESETS: dict[str, QwenPreset] = {
     "qwen3-vl-4b": QwenPreset(
         name="qwen3-vl-4b", arch="qwen3_vl",
@@ -150,6 +157,20 @@ QWEN_PRESETS: dict[str, QwenPreset] = {
                     window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
                     hidden_act="silu"),
         tie_word_embeddings=False, recalled=("all values",)),
+    # Qwen3-VL-30B-A3B-Instruct: 48 layers of 128 experts (width 768, 8 per token), 32 / 4 heads of 128,
+    # hidden 2048, untied; the vision tower of Qwen3-VL-8B (27 blocks of 1152, MLP 4304, deepstack [8, 16, 24]).
+    "qwen3-vl-30b-a3b": QwenPreset(
+        name="qwen3-vl-30b-a3b", arch="qwen3_vl_moe",
+        text=dict(_qwen3_text(2048, 48, 32, 4, 128, 6144, 151936, [24, 20, 20]), num_experts=128,
+                  num_experts_per_tok=8, moe_intermediate_size=768, decoder_sparse_step=1),
+        vision=_qwen3_vision(27, 1152, 4304, 16, 2048, 2304, [8, 16, 24]),
+        tie_word_embeddings=False, recalled=("all values",)),
+    "qwen3-vl-moe-tiny": QwenPreset(
+        name="qwen3-vl-moe-tiny", arch="qwen3_vl_moe",
+        text=dict(_qwen3_text(64, 2, 4, 2, 16, 128, 2048, [4, 2, 2]), num_experts=4, num_experts_per_tok=2,
+                  moe_intermediate_size=32, decoder_sparse_step=1),
+        vision=_qwen3_vision(2, 32, 64, 2, 64, 64, [0, 1]),
+        min_pixels=32 * 32, max_pixels=256 * 256),
     "qwen3-vl-tiny": QwenPreset(
         name="qwen3-vl-tiny", arch="qwen3_vl",
         text=_qwen3_text(64, 2, 4, 2, 16, 128, 2048, [4, 2, 2]),
@@ -184,7 +205,7 @@ def wan_preset(name: str) -> WanPreset:
 
 def qwen_preset(name: str) -> QwenPreset:
     if name not in QWEN_PRESETS:
-        raise UserError(f"unknown teacher preset {name!r}; choose one of {sorted(QWEN_PRESETS)}")
+        raise UserError(f"unknown teacher preset {name!r}; choose one of {sorted(QWEN_PRESETS) + sorted(INTERNVL_PRESETS)}")
     return QWEN_PRESETS[name]
 
 
@@ -270,10 +291,9 @@ def qwen_config(preset: QwenPreset | str, tokenizer):
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than the preset's vocabulary")
     text = dict(preset.text, bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=preset.tie_word_embeddings)
-    if preset.arch == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLConfig as Config
-    else:
-        from transformers import Qwen3VLConfig as Config
+    from ..teacher.qwen import _model_class
+
+    Config = _model_class(preset.arch).config_class
     return Config(text_config=text, vision_config=dict(preset.vision), image_token_id=ids["<|image_pad|>"],
                   video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                   vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=preset.tie_word_embeddings)
@@ -285,7 +305,7 @@ def build_qwen_teacher(preset: QwenPreset | str, device: str | torch.device = "c
     """A ``QwenVLTeacher`` over a random-weight model of ``preset``, built on ``device``.
     ``max_pixels`` lowers the per-frame pixel budget (fewer video tokens)."""
     from ..teacher import pixels
-    from ..teacher.qwen import QwenVLTeacher
+    from ..teacher.qwen import QwenVLTeacher, _model_class
     from ..testing.offline_tokenizer import build_offline_tokenizer
 
     preset = qwen_preset(preset) if isinstance(preset, str) else preset
@@ -294,10 +314,7 @@ def build_qwen_teacher(preset: QwenPreset | str, device: str | torch.device = "c
     config = qwen_config(preset, tokenizer)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
-    if preset.arch == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLForConditionalGeneration as Model
-    else:
-        from transformers import Qwen3VLForConditionalGeneration as Model
+    Model = _model_class(preset.arch)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         with _defaults(device, dtype):
@@ -310,23 +327,22 @@ def build_qwen_teacher(preset: QwenPreset | str, device: str | torch.device = "c
 
 
 def count_parameters(name: str) -> int:
-    """Parameters of a preset's main network (Wan transformer or Qwen-VL), counted on the meta device."""
+    """Parameters of a preset's main network (Wan transformer, Qwen-VL or InternVL), counted on the meta device."""
     if name in WAN_PRESETS:
         from diffusers import WanTransformer3DModel
 
         with torch.device("meta"):
             module = WanTransformer3DModel(**WAN_PRESETS[name].transformer)
+    elif name in INTERNVL_PRESETS:
+        module, _ = _internvl_model(INTERNVL_PRESETS[name], torch.device("meta"), torch.float32)
     else:
+        from ..teacher.qwen import _model_class
         from ..testing.offline_tokenizer import build_offline_tokenizer
 
         preset = qwen_preset(name)
         config = qwen_config(preset, build_offline_tokenizer(1536))
-        if preset.arch == "qwen2_5_vl":
-            from transformers import Qwen2_5_VLForConditionalGeneration as Model
-        else:
-            from transformers import Qwen3VLForConditionalGeneration as Model
         with torch.device("meta"):
-            module = Model(config)
+            module = _model_class(preset.arch)(config)
     seen: set[int] = set()
     total = 0
     for p in module.parameters():  # tied weights once
@@ -334,3 +350,72 @@ def count_parameters(name: str) -> int:
             seen.add(id(p))
             total += p.numel()
     return total
+
+
+# ----------------------------------------------------------------------------- InternVL teachers
+
+@dataclass(frozen=True)
+class InternVLPreset:
+    """An InternVL teacher: Qwen2 text and InternViT vision kwargs (``testing.tiny_internvl``'s builders)."""
+
+    name: str
+    text: dict[str, Any]
+    vision: dict[str, Any]
+    recalled: tuple[str, ...] = ()
+
+
+def _internvl_presets() -> dict[str, InternVLPreset]:
+    from ..testing.tiny_internvl import internvl_vision, qwen2_text
+
+    return {
+        # InternVL3-8B(-hf): InternViT-300M-448px-V2.5 (24 layers, 1024 wide, MLP 4096, 16 heads, patch 14,
+        # qkv bias, LayerNorm) + MLP projector + Qwen2.5-7B (3584, 28 layers, 28 / 4 heads, MLP 18944,
+        # vocabulary 151674 with InternVL's added tokens, untied); tile 448, 256 tokens per tile.
+        "internvl3-8b": InternVLPreset("internvl3-8b", qwen2_text(3584, 28, 28, 4, 18944, 151674),
+                                       internvl_vision(24, 1024, 16, 4096, 448, 14), recalled=("all values",)),
+        "internvl3-tiny": InternVLPreset("internvl3-tiny", qwen2_text(64, 2, 4, 2, 128, 2048),
+                                         internvl_vision(2, 32, 2, 64, 56, 14)),
+    }
+
+
+INTERNVL_PRESETS: dict[str, InternVLPreset] = _internvl_presets()
+
+
+def _internvl_model(preset: InternVLPreset, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                    attn_implementation: str | None = None):
+    """(model, tokenizer) of ``preset``, random weights, built on ``device`` in ``dtype``."""
+    import tempfile
+
+    from transformers import InternVLForConditionalGeneration
+
+    from ..testing.tiny_internvl import internvl_config, save_internvl_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = save_internvl_tokenizer(tmp, 1536)
+    config = internvl_config(preset.text, preset.vision, tokenizer)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with _defaults(device, dtype):
+            model = InternVLForConditionalGeneration(config)
+    return model.eval(), tokenizer
+
+
+def build_teacher(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+                  *, max_pixels: int | None = None, attn_implementation: str | None = None):
+    """The teacher of any preset (Qwen-VL or InternVL), random weights, built on ``device``.
+    ``max_pixels`` is a Qwen-VL setting (InternVL's frames are always one tile)."""
+    if name not in INTERNVL_PRESETS:
+        return build_qwen_teacher(name, device, dtype, seed, max_pixels=max_pixels,
+                                  attn_implementation=attn_implementation)
+    from ..teacher.internvl import InternVLTeacher
+    from ..teacher.tiles import TileSpec
+
+    if max_pixels is not None:
+        raise UserError(f"--teacher-max-pixels does not apply to {name}: InternVL shows each frame as one tile")
+    model, tokenizer = _internvl_model(INTERNVL_PRESETS[name], torch.device(device), dtype, seed,
+                                       attn_implementation)
+    vision = model.config.vision_config
+    return InternVLTeacher(model, tokenizer, TileSpec(tile=int(vision.image_size[0]),
+                                                      tokens_per_tile=int(model.config.image_seq_length)))

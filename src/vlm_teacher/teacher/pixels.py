@@ -89,6 +89,7 @@ class PixelSpec:
 DEFAULT_SPECS: dict[str, PixelSpec] = {
     "qwen2_5_vl": PixelSpec(14, 2, 2, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 56 * 56, 28 * 28 * 1280),
     "qwen3_vl": PixelSpec(16, 2, 2, HALF_MEAN_STD, HALF_MEAN_STD, 65536, 16777216),
+    "qwen3_vl_moe": PixelSpec(16, 2, 2, HALF_MEAN_STD, HALF_MEAN_STD, 65536, 16777216),
 }
 
 
@@ -169,7 +170,13 @@ def resize_frames(frames: torch.Tensor, spec: PixelSpec) -> torch.Tensor:
     No-op (same tensor) when the size is already valid."""
     frames = _check_frames(frames)
     height, width = frames.shape[-2:]
-    new_h, new_w = smart_resize(height, width, spec.factor, spec.min_pixels, spec.max_pixels)
+    return resize_to(frames, *smart_resize(height, width, spec.factor, spec.min_pixels, spec.max_pixels))
+
+
+def resize_to(frames: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
+    """(K, 3, H, W) in [0, 1] -> (K, 3, new_h, new_w) the way PIL's bicubic resize does it
+    (also InternVL's tiles). No-op (same tensor) when the size is already that."""
+    height, width = frames.shape[-2:]
     if (new_h, new_w) == (height, width):
         return frames
     # Two separable passes, width first, each clipped to [0, 1]: PIL's order and its clipping
@@ -232,6 +239,11 @@ def image_to_pixel_values(image: np.ndarray | torch.Tensor, spec: PixelSpec,
                           device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One image (uint8 H x W x 3, or float (3, H, W) in [0, 1]) -> (pixel_values, grid_thw)
     with grid_t = 1, the frame repeated over the temporal patch (the image processor's layout)."""
+    return frames_to_pixel_values(image_tensor(image, device)[None], spec)
+
+
+def image_tensor(image: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """One image (uint8 H x W x 3, or float (3, H, W) in [0, 1]) as float (3, H, W) in [0, 1] on ``device``."""
     if isinstance(image, np.ndarray):
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
@@ -241,9 +253,7 @@ def image_to_pixel_values(image: np.ndarray | torch.Tensor, spec: PixelSpec,
         tensor = image.float()
         if tensor.ndim != 3 or tensor.shape[0] != 3:
             raise ValueError(f"image tensor must be (3, H, W), got {tuple(tensor.shape)}")
-    if device is not None:
-        tensor = tensor.to(device)
-    return frames_to_pixel_values(tensor[None], spec)
+    return tensor if device is None else tensor.to(device)
 
 
 def num_merged_tokens(grid_thw: torch.Tensor, spec: PixelSpec) -> int:

@@ -1,4 +1,4 @@
-"""The Teacher adapter over transformers' Qwen2.5-VL and Qwen3-VL.
+"""The Teacher adapter over transformers' Qwen2.5-VL and Qwen3-VL (and Qwen3-VL-MoE, on the Qwen3-VL path).
 
 ``yes_logprob`` is the paper's reward: log P("Yes" | video, question), summed over
 the answer's tokens (teacher-forced), differentiable in the frames. The frames go
@@ -23,8 +23,6 @@ grid_t*grid_h*grid_w/merge^2 tokens (temporal positions spaced by
 from __future__ import annotations
 
 import inspect
-import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,15 +31,11 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..objective import weighted_loss
-from ..task import Queries
 from . import pixels
-from .queries import fallback_queries, parse_queries, query_prompt
+from .common import ANSWER_INSTRUCTION, ChatTeacher, left_padded, load_frozen, open_model_folder, read_configs
+from .common import shared_prefix_length  # noqa: F401 - imported from here by flops.py and tests
 
-logger = logging.getLogger("vlm_teacher")
-
-SUPPORTED_ARCHS = ("qwen2_5_vl", "qwen3_vl")
-ANSWER_INSTRUCTION = "Answer with Yes or No."
+SUPPORTED_ARCHS = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")  # the MoE shares Qwen3-VL's vision and prompts
 VIDEO_ITEM = "<|vision_start|><|video_pad|><|vision_end|>"
 IMAGE_ITEM = "<|vision_start|><|image_pad|><|vision_end|>"
 #: frames per second assumed for the K frames shown (Qwen's default video sampling rate);
@@ -49,39 +43,21 @@ IMAGE_ITEM = "<|vision_start|><|image_pad|><|vision_end|>"
 DEFAULT_FPS = 2.0
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
-
-
 def _model_class(arch: str):
     if arch == "qwen2_5_vl":
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         return Qwen2_5_VLForConditionalGeneration
+    if arch == "qwen3_vl_moe":
+        from transformers import Qwen3VLMoeForConditionalGeneration
+
+        return Qwen3VLMoeForConditionalGeneration
     from transformers import Qwen3VLForConditionalGeneration
 
     return Qwen3VLForConditionalGeneration
 
 
-def _has_safetensors(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
-
-
-def shared_prefix_length(rows: Sequence[Sequence[int]], answer_tokens: int) -> int:
-    """Tokens all rows share at their start, leaving each row at least its answer and the
-    position that predicts it (``share_prefix``; also used by the FLOP count)."""
-    common = 0
-    for column in zip(*rows):
-        if any(c != column[0] for c in column):
-            break
-        common += 1
-    return max(0, min(common, min(len(r) for r in rows) - answer_tokens - 1))
-
-
-class QwenVLTeacher:
+class QwenVLTeacher(ChatTeacher):
     """A frozen Qwen-VL that writes yes/no questions and answers them differentiably.
 
     Build it with ``from_pretrained(folder)``. ``fps`` is the frame rate assumed for
@@ -123,50 +99,9 @@ class QwenVLTeacher:
         self.video_token_id = int(cfg.video_token_id)
         self.image_token_id = int(cfg.image_token_id)
         self._check_tokenizer()
-        self.answer = answer
-        self.answer_ids = self._encode(answer)
-        if not self.answer_ids:
-            raise ValueError(f"the answer {answer!r} encodes to no tokens")
-        self.pad_id = self._pad_id()
         rope_params = inspect.signature(model.model.get_rope_index).parameters
         self._rope_takes_mm_types = "mm_token_type_ids" in rope_params
-        self.batch_questions = True
-        self.share_prefix = True
-        self._grad_ckpt = False
-        self._prepared_cache: dict[tuple, dict[str, Any]] = {}
-
-    # ------------------------------------------------------------ performance switches
-
-    def _checkpoint_layers(self) -> list[torch.nn.Module]:
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
-        return [m for m in self.model.modules() if isinstance(m, GradientCheckpointingLayer)]
-
-    @property
-    def grad_checkpointing(self) -> bool:
-        """Activation checkpointing of every language-model layer and vision block."""
-        return self._grad_ckpt
-
-    @grad_checkpointing.setter
-    def grad_checkpointing(self, on: bool) -> None:
-        import functools
-
-        from torch.utils.checkpoint import checkpoint
-
-        func = functools.partial(checkpoint, use_reentrant=False)
-        for layer in self._checkpoint_layers():
-            layer.gradient_checkpointing = bool(on)
-            layer._gradient_checkpointing_func = func
-        self._grad_ckpt = bool(on)
-        self._arm_checkpointing()
-
-    def _arm_checkpointing(self) -> None:
-        """transformers checkpoints a layer only when ``layer.training`` is set; the
-        teacher stays in eval mode (no dropout anywhere), so only the layers' own flag
-        is raised, and raised again before each use in case someone called ``eval()``."""
-        if self._grad_ckpt:
-            for layer in self._checkpoint_layers():
-                layer.training = True
+        self._setup(answer)
 
     # ------------------------------------------------------------ loading
 
@@ -180,26 +115,12 @@ class QwenVLTeacher:
         ``min_pixels`` / ``max_pixels`` override the per-frame pixel budget of the
         folder's preprocessor config (lower ``max_pixels`` to save memory on big frames).
         """
-        folder = Path(path)
-        if not folder.is_dir():
-            raise UserError(f"teacher folder not found: {folder}. Give a transformers Qwen2.5-VL or Qwen3-VL folder")
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise UserError(f"{folder} has no config.json: it is not a transformers model folder "
-                            f"(expected a Qwen2.5-VL or Qwen3-VL checkpoint)")
-        config = _read_json(config_path)
+        folder, config = open_model_folder(path, "Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE")
         arch = config.get("model_type")
         if arch not in SUPPORTED_ARCHS:
             raise UserError(f"{folder}: model_type {arch!r} is not supported as a teacher; "
-                            f"supported: {', '.join(SUPPORTED_ARCHS)} (Qwen2.5-VL, Qwen3-VL)")
-        if not _has_safetensors(folder):
-            raise UserError(f"{folder} has no *.safetensors weights (only safetensors are loaded, never pickle); "
-                            f"convert the checkpoint with save_pretrained(safe_serialization=True)")
-        if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-            raise UserError(f"{folder} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
-
-        proc_cfgs = [_read_json(folder / name) for name in ("preprocessor_config.json", "video_preprocessor_config.json")
-                     if (folder / name).is_file()]
+                            f"supported: {', '.join(SUPPORTED_ARCHS)} (Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE) and internvl (InternVL -hf)")
+        proc_cfgs = read_configs(folder, ("preprocessor_config.json", "video_preprocessor_config.json"))
         try:
             spec = pixels.spec_from_configs(arch, config, proc_cfgs).with_pixels(min_pixels, max_pixels)
         except (ValueError, TypeError) as exc:
@@ -211,39 +132,12 @@ class QwenVLTeacher:
                 raise UserError(f"{folder}: preprocessor {key}={getattr(spec, key)} disagrees with the model's "
                                 f"vision_config {model_key}={vision[model_key]}; fix preprocessor_config.json")
 
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load the tokenizer of {folder}: {exc}") from None
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        kwargs: dict[str, Any] = {"use_safetensors": True, "dtype": dtype or torch.float32}
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        model = _model_class(arch).from_pretrained(folder, **kwargs)
-        model.to(device)
+        model, tokenizer = load_frozen(_model_class(arch), folder, device, dtype, attn_implementation)
         return cls(model, tokenizer, spec, arch, fps=fps, path=folder)
 
     # ------------------------------------------------------------ protocol bits
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def base_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every weight of the frozen VLM (for integrity checks: it must never change)."""
-        return dict(self.model.state_dict())
-
     # ------------------------------------------------------------ tokens and prompts
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _check_tokenizer(self) -> None:
         for token, token_id in (("<|video_pad|>", self.video_token_id), ("<|image_pad|>", self.image_token_id)):
@@ -251,16 +145,6 @@ class QwenVLTeacher:
             if found != token_id:
                 raise UserError(f"tokenizer id of {token} is {found} but the model config says {token_id}: "
                                 f"the tokenizer does not belong to this model")
-
-    def _pad_id(self) -> int:
-        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
-            if candidate is not None:
-                return int(candidate)
-        return 0
-
-    def _chat(self, content: list[dict[str, Any]]) -> str:
-        messages = [{"role": "user", "content": content}]
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def _video_placeholder(self, grid_thw: torch.Tensor, num_frames: int) -> str:
         t, h, w = (int(v) for v in grid_thw.reshape(3))
@@ -289,12 +173,7 @@ class QwenVLTeacher:
         ``len(answer_ids)`` positions of each row hold the teacher-forced answer.
         """
         rows = [self._encode(self.question_text(q, grid_thw, num_frames)) + self.answer_ids for q in questions]
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, length - len(row):] = 1
+        ids, mask = left_padded(rows, self.pad_id)
         mm = torch.where(ids == self.video_token_id, 2, torch.where(ids == self.image_token_id, 1, 0)) * mask
         dev = self.device
         return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "mm_token_type_ids": mm.to(dev)}
@@ -323,24 +202,6 @@ class QwenVLTeacher:
         if deepstack is not None:
             deepstack = [torch.cat(list(d), dim=0) if isinstance(d, (tuple, list)) else d for d in deepstack]
         return embeds, (deepstack or None)
-
-    def answer_logprob(self, frames: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
-        """log P(answer | frames, question) for each question, summed over the answer's tokens.
-
-        One vision-tower pass; one batched language-model forward; logits in float32.
-        Gradients flow to ``frames`` (the model's weights are frozen).
-        """
-        logp = torch.log_softmax(self.answer_logits(frames, questions), dim=-1)
-        n_q, n_ans = logp.shape[:2]
-        target = self._answer_target(logp.device).view(1, n_ans, 1).expand(n_q, -1, -1)
-        return logp.gather(-1, target).squeeze(-1).sum(-1)
-
-    def _answer_target(self, device: torch.device) -> torch.Tensor:
-        """The answer's token ids on ``device``, copied once (not a host-to-device copy per step)."""
-        cached = getattr(self, "_answer_ids_tensor", None)
-        if cached is None or cached.device != device:
-            cached = self._answer_ids_tensor = torch.tensor(self.answer_ids, device=device)
-        return cached
 
     def answer_logits(self, frames: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
         """Float32 logits (Q, len(answer_ids), vocab) at the answer positions, teacher-forced.
@@ -414,44 +275,7 @@ class QwenVLTeacher:
                 "video_copies": n_q}
         if self.share_prefix and n_q > 1:
             prep = self._packed(prep) or prep
-        if len(self._prepared_cache) >= 16:  # a few (questions, size) pairs per instance; keep it bounded
-            self._prepared_cache.clear()
-        self._prepared_cache[key] = prep
-        return prep
-
-    def _packed(self, prep: dict[str, Any]) -> dict[str, Any] | None:
-        """The rows of ``prep`` as ONE sequence: their common prefix once, then each row's
-        suffix; a 4-D additive mask lets a suffix see the prefix and itself (causally), and
-        the positions are each row's own. None when the video is not inside the common prefix."""
-        ids, mask, pos, video_mask = prep["input_ids"], prep["attention_mask"], prep["position_ids"], prep["video_mask"]
-        n_q, length = ids.shape
-        n_ans = len(self.answer_ids)
-        starts = [length - int(n) for n in mask.sum(dim=1).tolist()]  # left padding
-        common = shared_prefix_length([ids[i, starts[i]:].tolist() for i in range(n_q)], n_ans)
-        if int(video_mask[0, starts[0]:starts[0] + common].sum()) != prep["video_tokens"]:
-            return None
-        device = ids.device
-        pieces, positions, segments = [ids[0, starts[0]:starts[0] + common]], [pos[..., 0, starts[0]:starts[0] + common]], [0]
-        answer_index, end = [], common
-        seg_sizes = [common]
-        for i in range(n_q):
-            pieces.append(ids[i, starts[i] + common:])
-            positions.append(pos[..., i, starts[i] + common:])
-            seg_sizes.append(length - starts[i] - common)
-            end += seg_sizes[-1]
-            answer_index.append(list(range(end - n_ans - 1, end - 1)))
-        packed_ids = torch.cat(pieces)[None]
-        total = packed_ids.shape[1]
-        segment = torch.repeat_interleave(torch.arange(n_q + 1), torch.tensor(seg_sizes)).to(device)
-        causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
-        visible = causal & ((segment[None, :] == 0) | (segment[None, :] == segment[:, None]))
-        additive = torch.zeros(total, total, dtype=self.dtype, device=device)
-        additive.masked_fill_(~visible, torch.finfo(self.dtype).min)
-        packed_video = packed_ids == self.video_token_id
-        return {"input_ids": packed_ids, "attention_mask": additive[None, None],
-                "position_ids": torch.cat(positions, dim=-1).unsqueeze(-2), "video_mask": packed_video,
-                "video_index": tuple(packed_video.nonzero(as_tuple=True)), "video_tokens": prep["video_tokens"],
-                "video_copies": 1, "answer_index": torch.tensor(answer_index, device=device)}
+        return self._remember(key, prep)
 
     def _answer_hidden_naive(self, frames: torch.Tensor, question: str) -> torch.Tensor:
         """``batch_questions = False``: the model's own forward for ONE question with
@@ -466,64 +290,7 @@ class QwenVLTeacher:
         n_ans = len(self.answer_ids)
         return hidden[:, -n_ans - 1:-1, :]
 
-    def _head(self, h: torch.Tensor) -> torch.Tensor:
-        """The LM head in float32 on the answer positions only (bf16 model, fp32 logits)."""
-        weight = self.model.lm_head.weight
-        return torch.nn.functional.linear(h.float(), weight.float(),
-                                          None if self.model.lm_head.bias is None else self.model.lm_head.bias.float())
-
-    def yes_logprob(self, frames: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
-        """log P("Yes") per question, shape (len(questions),), differentiable in ``frames``."""
-        return self.answer_logprob(frames, questions)
-
-    @torch.no_grad()
-    def yes_prob_no_grad(self, frames: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
-        """P("Yes") per question without building a graph (for scoring and reports)."""
-        return self.answer_logprob(frames.detach(), questions).exp()
-
-    def score(self, frames: torch.Tensor | np.ndarray, queries: Queries, lam: float = 0.5) -> dict[str, Any]:
-        """Teacher's judgement of a video (no grad): P("Yes") per query, the
-        lambda-weighted mean (goal weight ``lam``, process queries share ``1 - lam``) and
-        the lambda-weighted -log P(Yes) that TTO minimises (``loss``; best-of-N ranks by it).
-        ``frames``: the K frames the teacher should see, (K, 3, H, W) float in [0, 1] or
-        uint8 (K, H, W, 3); subsample a long video first (all given frames are encoded)."""
-        if isinstance(frames, np.ndarray):
-            from ..video import to_float
-
-            frames = to_float(frames)
-        with torch.no_grad():
-            logp = self.answer_logprob(frames.detach(), queries.all).float()
-        p = logp.exp().cpu().tolist()
-        goal, process = p[0], p[1:]
-        return {"questions": queries.all, "p_yes": p, "goal": goal, "process": process,
-                "score": lam * goal + (1.0 - lam) * sum(process) / len(process),
-                "loss": float(weighted_loss(logp, lam))}
-
     # ------------------------------------------------------------ generation
-
-    def generate_text(self, prompt: str, images: Sequence[np.ndarray] = (), max_new_tokens: int = 128) -> str:
-        """Greedy generation; ``images`` (uint8 H x W x 3) come before the text, each
-        through the same pixel path as the frames."""
-        ids = self.generate_ids(prompt, images, max_new_tokens)
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-    @torch.no_grad()
-    def generate_ids(self, prompt: str, images: Sequence[np.ndarray] = (), max_new_tokens: int = 128) -> list[int]:
-        """The new token ids of a greedy generation (see ``generate_text``)."""
-        inputs = self.prompt_inputs(prompt, images)
-        ids = inputs["input_ids"]
-        kwargs: dict[str, Any] = {
-            **inputs,
-            "max_new_tokens": int(max_new_tokens),
-            "do_sample": False,
-            "pad_token_id": self.pad_id,
-        }
-        eos = [i for i in {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
-               if isinstance(i, int) and i >= 0]
-        if eos:
-            kwargs["eos_token_id"] = eos
-        out = self.model.generate(**kwargs, temperature=None, top_p=None, top_k=None)
-        return out[0, ids.shape[1]:].tolist()
 
     def prompt_inputs(self, prompt: str, images: Sequence[np.ndarray] = ()) -> dict[str, torch.Tensor]:
         """The model inputs of a chat prompt with ``images`` before the text, ending where
@@ -554,16 +321,3 @@ class QwenVLTeacher:
             inputs["image_grid_thw"] = torch.cat(grids)
         return inputs
 
-    def propose_queries(self, prompt: str, first_frame: np.ndarray | None, *,
-                        max_new_tokens: int = 256) -> Queries:
-        """One goal and 1-3 process questions written by the teacher; the fallback
-        (logged as a warning) when its answer does not parse."""
-        images = [first_frame] if first_frame is not None else []
-        text = self.generate_text(query_prompt(prompt), images, max_new_tokens=max_new_tokens)
-        queries = parse_queries(text)
-        if queries is None:
-            snippet = " ".join(text.split())[:200]
-            logger.warning("teacher output did not parse as queries; using fallback questions. Output was: %r",
-                           snippet)
-            return fallback_queries(prompt)
-        return queries

@@ -1,4 +1,4 @@
-"""Tiny random Qwen2.5-VL / Qwen3-VL folders, built from config in about a second.
+"""Tiny random Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE folders, built from config in about a second.
 
 They are real ``transformers`` models saved the way the released checkpoints are
 (config.json, model.safetensors, tokenizer files, preprocessor_config.json,
@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from ..files import write_json
 from .offline_tokenizer import build_offline_tokenizer
 
-ARCHS = ("qwen2_5_vl", "qwen3_vl")
+ARCHS = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 
 def mrope_section(head_dim: int, arch: str) -> list[int]:
@@ -61,6 +61,8 @@ def build_tiny_qwen_vl(
     max_position_embeddings: int = 32768,
     initializer_range: float = 0.02,
     tokenizer_corpus: Iterable[str] = (),
+    num_experts: int = 4,
+    num_experts_per_tok: int = 2,
 ) -> Path:
     """Write a tiny random ``arch`` model folder to ``out_dir`` and return its path.
 
@@ -70,6 +72,8 @@ def build_tiny_qwen_vl(
     weights (the released models' 0.02; tests use larger values so that wrong positions
     or features change the outputs visibly). ``tokenizer_corpus``: extra lines for the
     offline BPE (the teacher recipe passes its prompts and questions, so they encode compactly).
+    ``qwen3_vl_moe``: every text layer is a sparse MoE of ``num_experts`` experts (width
+    ``intermediate_size``), ``num_experts_per_tok`` per token.
     """
     import torch
 
@@ -135,8 +139,15 @@ def build_tiny_qwen_vl(
                        "fullatt_block_indexes": [vision_depth - 1]})
         mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
     else:
-        from transformers import Qwen3VLConfig as ConfigClass
-        from transformers import Qwen3VLForConditionalGeneration as ModelClass
+        if arch == "qwen3_vl_moe":
+            from transformers import Qwen3VLMoeConfig as ConfigClass
+            from transformers import Qwen3VLMoeForConditionalGeneration as ModelClass
+
+            text.update(num_experts=num_experts, num_experts_per_tok=num_experts_per_tok,
+                        moe_intermediate_size=intermediate_size, decoder_sparse_step=1)
+        else:
+            from transformers import Qwen3VLConfig as ConfigClass
+            from transformers import Qwen3VLForConditionalGeneration as ModelClass
 
         text["head_dim"] = head_dim
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 5000000.0,
