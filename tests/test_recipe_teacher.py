@@ -217,13 +217,18 @@ def test_embedded_teacher_prefers_the_true_goal(embedded_teacher):
 
     rng = np.random.default_rng(0)
     tasks = grid_tasks("test", 5)  # 5 maze + 5 push
-    better = 0
+    better = right = 0
     for task in tasks:
         goal = grid_queries(task).goal
         gt = embedded_teacher.yes_prob_no_grad(to_float(task.video()), [goal])[0]
         wrong = embedded_teacher.yes_prob_no_grad(to_float(corrupt(task, task.video(), "wrong_target", rng)), [goal])[0]
         better += bool(gt > wrong)
-    assert better >= 6, f"P(yes) higher on the ground truth for only {better} of {len(tasks)} tasks"
+        right += bool(gt > 0.5) + bool(wrong < 0.5)
+    # the card: goal accuracy 100% on test/clean and test/corrupted (the shipped teacher gets 10 of 10
+    # here). One miss allowed; a coin flip reaches 9 of 10 preferences 1% of the time, and a teacher
+    # that always (or never) says Yes gets 10 of the 20 answers right
+    assert better >= 9, f"P(yes) higher on the ground truth for only {better} of {len(tasks)} tasks"
+    assert right >= 18, f"only {right} of {2 * len(tasks)} goal answers agree with the verifier"
 
 
 @shipped
