@@ -120,6 +120,7 @@ def test_videotpo_keeps_a_and_the_prompt_when_the_reply_does_not_parse(reasoner,
     assert np.array_equal(out.video, _frozen(reasoner, task, 3))
 
 
+@pytest.mark.slow  # four shipped-reasoner videos through a real bench
 def test_bench_rows_score_is_the_verifiers_score_of_the_stored_video(tmp_path, tiny_wan_dir, suite):
     """The shipped reasoner (bench's default) on two grid tasks: each row's score and passed are what
     the grid verifier says about the mp4 the row points to."""

@@ -59,6 +59,7 @@ def test_run_parses_to_the_papers_settings(tmp_path):
     assert args.generic_queries is False and args.seed == 0
 
 
+@pytest.mark.slow  # a bench run (or two) on the tiny models: about a minute each on 2 shared cores
 def test_bench_leaves_every_setting_to_the_papers_defaults(tmp_path, tiny_wan_dir, tiny_qwen25_dir):
     """bench's flags default to "not given" (None), so the recorded settings are TTOConfig's:
     checked on what a real bench run records in history.json."""
@@ -146,6 +147,7 @@ def _bench(out, wan, qwen, *extra):
                  "--teacher", str(qwen), "--no-teacher-eval", "--quiet", *extra])
 
 
+@pytest.mark.slow  # a bench run (or two) on the tiny models: about a minute each on 2 shared cores
 def test_every_bench_flag_is_recorded(tmp_path, tiny_wan_dir, tiny_qwen25_dir):
     from vlm_teacher.bench import open_store
 
@@ -171,6 +173,7 @@ def test_every_bench_flag_is_recorded(tmp_path, tiny_wan_dir, tiny_qwen25_dir):
     assert len(again) == 3 and len({r["config_hash"] for r in again}) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _bench_has("--x0-mode", "--fixed-steps"),
                     reason="bench has no --x0-mode / --fixed-steps yet (branch i13 adds them); runs once it has")
 def test_bench_x0_mode_and_fixed_steps_are_recorded(tmp_path, tiny_wan_dir, tiny_qwen25_dir):
