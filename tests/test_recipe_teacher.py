@@ -80,7 +80,12 @@ def test_recipe_end_to_end_with_a_reasoner(tmp_path, grid_wan_dir):
         assert sum(b["n"] for b in cal["bins"]) == cal["n"] > 0
         assert cal["ece"] == pytest.approx(sum(b["n"] / cal["n"] * abs(b["mean_p_yes"] - b["frac_yes"])
                                                for b in cal["bins"]), abs=2e-3)
-        assert r["hacking"]["videos_failing"] <= r["videos"]
+        # hacking counts the answers labelled No (the bins say how many) and the (video, goal) pairs
+        # with at least one of them
+        h = r["hacking"]
+        assert h["questions_no"] == round(sum(b["n"] * (1 - b["frac_yes"]) for b in cal["bins"]))
+        if h["questions_no"]:
+            assert 1 <= h["videos_failing"] <= h["questions_no"]
         assert figures["queries"][split]["n"] == 2
         assert {"test/clean", "test/corrupted"} <= set(figures["renders"])
     lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
