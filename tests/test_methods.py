@@ -43,6 +43,18 @@ def ctx(tiny_wan_dir, tiny_qwen25_dir, suite):
                          tto=TTOConfig(max_steps=2, tau=-1.0, num_frames_shown=2), verifier=suite.verifier())
 
 
+def _status_mb(field: str) -> float | None:
+    """A memory figure of this process from /proc/self/status, in MiB (None off Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
 # name -> (steps, reasoner forward passes, teacher calls). TTO's budget runs out after an update
 # here (tau < 0), so the last update is scored once more before the final video: 2 steps are
 # 3 evaluations (optimize.py's docstring)
@@ -70,7 +82,9 @@ SLOW = {"tto", "tto_lam1", "tto_lam0", "tto_last_step", "tto_all_steps", "tto_k3
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in EXPECTED])
 def test_every_method_gives_a_video_and_honest_cost(ctx, task, name):
+    rss_before = _status_mb("VmRSS")
     out = parse_method(name).run(ctx, task, seed=0)
+    hwm_after = _status_mb("VmHWM")
     steps, reasoner_calls, teacher_calls = EXPECTED[name]
     v = out.video
     assert v.dtype == np.uint8 and v.ndim == 4 and v.shape[-1] == 3
@@ -78,7 +92,9 @@ def test_every_method_gives_a_video_and_honest_cost(ctx, task, name):
     assert out.steps == steps
     assert out.cost.reasoner_calls == reasoner_calls
     assert out.cost.teacher_calls == teacher_calls
-    assert out.cost.wall_s > 0 and out.cost.peak_mem_mb is not None and out.cost.peak_mem_mb > 50
+    assert out.cost.wall_s > 0 and out.cost.peak_mem_mb is not None
+    if rss_before is not None:  # Linux: the call's peak lies between the RSS at its start and the high-water mark
+        assert 0.9 * rss_before <= out.cost.peak_mem_mb <= hwm_after, (rss_before, out.cost.peak_mem_mb, hwm_after)
     if name.startswith("tto"):
         assert len(out.history) == steps and all("loss" in h and "p_yes" in h for h in out.history)
         assert out.queries is not None

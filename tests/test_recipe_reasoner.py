@@ -190,10 +190,17 @@ def test_shipped_embedded_reasoner_generates_a_grid_video():
     card = (REASONER_DIR / "MODEL_CARD.md").read_text()
     assert metrics["training"]["command"] in card
     reasoner = load_reasoner(REASONER_DIR)
-    task = grid_tasks("test", n=1)[0]
-    video = reasoner.generate(reasoner.prepare(task.prompt, task.first_frame(), seed=0))
-    assert tuple(video.shape) == (9, 3, 96, 96)
-    assert 0.0 <= verify(task, to_uint8(video)).score <= 1.0
+    # the card's per-task verifier scores (seed 0), reproduced on one task of each family; the card's
+    # test mean is 0.776 and these two score 0.84 and 0.78 there, while random weights score about
+    # 0.25: a mean of 0.6 is out of an untrained model's reach
+    card = {t["id"]: t["score"] for t in metrics["evaluation"]["test"]["per_task"]}
+    scores = []
+    for task in grid_tasks("test", n=1):  # maze-test-00000, push-test-00000
+        video = reasoner.generate(reasoner.prepare(task.prompt, task.first_frame(), seed=0))
+        assert tuple(video.shape) == (9, 3, 96, 96)
+        scores.append(verify(task, to_uint8(video)).score)
+        assert scores[-1] == pytest.approx(card[task.id], abs=0.05), task.id
+    assert len(scores) == 2 and sum(scores) / 2 >= 0.6, scores
 
 
 def test_object_weights_mark_where_the_agent_is_and_just_was():

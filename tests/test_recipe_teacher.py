@@ -75,8 +75,17 @@ def test_recipe_end_to_end_with_a_reasoner(tmp_path, grid_wan_dir):
     for split in ("test", "ood"):
         r = figures["reasoner"][split]
         assert r["videos"] == 4  # 1 task per family x 2 seeds
-        assert r["reasoner_preview"]["goal"]["n"] > 0 and 0.0 <= r["calibration"]["ece"] <= 1.0
-        assert r["hacking"]["videos_failing"] >= 0
+        assert r["reasoner_preview"]["goal"]["n"] > 0
+        cal = r["calibration"]  # the ECE is the bins' weighted gap (3-decimal rounding)
+        assert sum(b["n"] for b in cal["bins"]) == cal["n"] > 0
+        assert cal["ece"] == pytest.approx(sum(b["n"] / cal["n"] * abs(b["mean_p_yes"] - b["frac_yes"])
+                                               for b in cal["bins"]), abs=2e-3)
+        # hacking counts the answers labelled No (the bins say how many) and the (video, goal) pairs
+        # with at least one of them
+        h = r["hacking"]
+        assert h["questions_no"] == round(sum(b["n"] * (1 - b["frac_yes"]) for b in cal["bins"]))
+        if h["questions_no"]:
+            assert 1 <= h["videos_failing"] <= h["questions_no"]
         assert figures["queries"][split]["n"] == 2
         assert {"test/clean", "test/corrupted"} <= set(figures["renders"])
     lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
@@ -213,13 +222,18 @@ def test_embedded_teacher_prefers_the_true_goal(embedded_teacher):
 
     rng = np.random.default_rng(0)
     tasks = grid_tasks("test", 5)  # 5 maze + 5 push
-    better = 0
+    better = right = 0
     for task in tasks:
         goal = grid_queries(task).goal
         gt = embedded_teacher.yes_prob_no_grad(to_float(task.video()), [goal])[0]
         wrong = embedded_teacher.yes_prob_no_grad(to_float(corrupt(task, task.video(), "wrong_target", rng)), [goal])[0]
         better += bool(gt > wrong)
-    assert better >= 6, f"P(yes) higher on the ground truth for only {better} of {len(tasks)} tasks"
+        right += bool(gt > 0.5) + bool(wrong < 0.5)
+    # the card: goal accuracy 100% on test/clean and test/corrupted (the shipped teacher gets 10 of 10
+    # here). One miss allowed; a coin flip reaches 9 of 10 preferences 1% of the time, and a teacher
+    # that always (or never) says Yes gets 10 of the 20 answers right
+    assert better >= 9, f"P(yes) higher on the ground truth for only {better} of {len(tasks)} tasks"
+    assert right >= 18, f"only {right} of {2 * len(tasks)} goal answers agree with the verifier"
 
 
 @shipped
@@ -229,3 +243,23 @@ def test_embedded_teacher_files_and_size():
             "eval.json"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
     assert sum(p.stat().st_size for p in TEACHER_DIR.glob("*.safetensors")) < 15e6
+
+
+def test_calibration_and_hacking_figures_by_hand():
+    """ECE, Brier and the reward-hacking rates of four answers worked out by hand."""
+    from types import SimpleNamespace
+
+    from vlm_teacher.recipes.teacher_eval import calibration, hacking
+
+    scored = [(SimpleNamespace(labels={"goal": True, "moves": False}), {"goal": 0.9, "moves": 0.8}),
+              (SimpleNamespace(labels={"goal": False, "moves": False}), {"goal": 0.2, "moves": 0.85})]
+    cal = calibration(scored)
+    # bins [0.8, 0.9): 0.8, 0.85 (mean 0.825, none Yes); [0.9, 1.0]: 0.9 (Yes); [0.2, 0.3): 0.2 (No)
+    assert cal["ece"] == pytest.approx(2 / 4 * 0.825 + 1 / 4 * 0.1 + 1 / 4 * 0.2, abs=1e-3)
+    assert cal["brier"] == pytest.approx((0.1 ** 2 + 0.8 ** 2 + 0.2 ** 2 + 0.85 ** 2) / 4, abs=1e-3)
+    assert [b["n"] for b in cal["bins"]] == [1, 2, 1]
+    h = hacking(scored)
+    # three answers should be No; two of them got P(Yes) > 0.5. Both videos fail; the first fooled
+    # every question, the second did not.
+    assert h == {"question_rate": pytest.approx(2 / 3, abs=1e-3), "questions_no": 3,
+                 "video_rate": 0.5, "videos_failing": 2}

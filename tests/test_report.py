@@ -118,3 +118,16 @@ def test_markdown_tables(bench_dir):
 def test_missing_store_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no results.sqlite"):
         write_report(tmp_path)
+
+
+def test_report_command_writes_the_markdown_tables(bench_dir, tmp_path, capsys):
+    """`vlm-teacher report DIR --markdown FILE` (README): the HTML report and the markdown tables."""
+    from vlm_teacher.cli import main
+
+    md = tmp_path / "tables.md"
+    assert main(["report", str(bench_dir), "--markdown", str(md)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {md}" in printed and (bench_dir / "report.html").is_file()
+    text = md.read_text()
+    assert "| tto [qwen-a] | 1.000 (10.0 s) |" in text and "| tto [qwen-b] | 0.500 (10.0 s) |" in text
+    assert "### Teacher accuracy vs gain" in text

@@ -339,9 +339,8 @@ def test_judge_timeout_is_one_line_failure(tmp_path, server, monkeypatch):
     _write_dataset(root)
     task = load_ruler(root).task("chemistry/0")
     server["script"] = [(200, _good(2), 1.5)]
-    t0 = time.monotonic()
     res = _judge(server, monkeypatch, timeout_s=0.3, retries=1).judge(task, _video(3, 16, 16), fps=8)
-    assert time.monotonic() - t0 < 2.5  # two attempts of 0.3 s, not two of the server's 1.5 s
+    assert len(server["requests"]) == 2  # both attempts reached the server and were given up on
     assert not res.ok and res.error == "judge request timed out after 0.3 s (after 2 attempts)"
     assert "\n" not in res.error
 

@@ -145,11 +145,28 @@ def test_claims_lease_semantics(tmp_path):
         assert not store.claim(key, "A")  # ... and a done key cannot be claimed
         store.put(_row("t0", status="failed", error="x"))
         assert not store.claim(key, "A") and store.claim(key, "A", retry_failed=True)
-        # expiry: a lease not renewed in time is free for others
-        k2 = Key("grid", "t1", "teacher", 0, "c1")
-        assert store.claim(k2, "A", ttl_s=0.05)
-        assert not store.claim(k2, "B")
-        time.sleep(0.1)
+
+
+def test_claim_expires_after_its_ttl(tmp_path, monkeypatch):
+    """A lease not renewed in time is free for others; the store's clock is driven by the test
+    (no sleeping, no race with a loaded machine)."""
+    import types
+
+    import vlm_teacher.store as store_module
+
+    now = [1_000_000.0]
+    clock = types.SimpleNamespace(**{n: getattr(time, n) for n in dir(time) if not n.startswith("_")})
+    clock.time = lambda: now[0]
+    monkeypatch.setattr(store_module, "time", clock)
+    k2 = Key("grid", "t1", "teacher", 0, "c1")
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        assert store.claim(k2, "A", ttl_s=10.0)
+        now[0] += 9.9
+        assert not store.claim(k2, "B")  # still A's
+        assert store.renew(k2, "A", ttl_s=10.0)
+        now[0] += 9.9
+        assert not store.claim(k2, "B")  # renewed: A's for another 10 s
+        now[0] += 0.2
         assert store.claim(k2, "B") and not store.renew(k2, "A")
 
 

@@ -254,8 +254,14 @@ def test_generate_text_is_greedy_and_bounded(teacher):
     assert other != long  # the image reaches the model
     text = teacher.generate_text("Describe the image.", [image], max_new_tokens=12)
     assert text == teacher.tokenizer.decode(long, skip_special_tokens=True).strip()
-    assert isinstance(teacher.generate_text("Compare.", [image, image[::-1].copy()], max_new_tokens=4), str)
-    assert isinstance(teacher.generate_text("Say hi.", max_new_tokens=3), str)
+    # two images, and none: the text is the decoded greedy ids, and the second image reaches the model
+    pair = teacher.generate_ids("Compare.", [image, image[::-1].copy()], max_new_tokens=12)
+    assert teacher.generate_text("Compare.", [image, image[::-1].copy()], max_new_tokens=12) == \
+        teacher.tokenizer.decode(pair, skip_special_tokens=True).strip()
+    assert pair != teacher.generate_ids("Compare.", [image, image], max_new_tokens=12)
+    plain = teacher.generate_ids("Say hi.", max_new_tokens=3)
+    assert 1 <= len(plain) <= 3
+    assert teacher.generate_text("Say hi.", max_new_tokens=3) == teacher.tokenizer.decode(plain, skip_special_tokens=True).strip()
 
 
 def test_propose_queries_falls_back_with_a_warning(teacher, caplog):

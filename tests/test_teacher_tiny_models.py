@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 
@@ -69,11 +68,9 @@ def test_mrope_section_matches_the_released_models():
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
-def test_tiny_folder_is_consistent_and_fast(tmp_path, arch):
-    t0 = time.perf_counter()
+def test_tiny_folder_is_consistent(tmp_path, arch):
     out = build_tiny_qwen_vl(tmp_path / arch, arch=arch, hidden_size=96, num_attention_heads=6,
                              num_key_value_heads=2, num_hidden_layers=3, vision_depth=3, vocab_size=800)
-    assert time.perf_counter() - t0 < 10  # about a second; generous for a loaded 2-core machine
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
             "generation_config.json"} <= names
