@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vlm_teacher.methods import BestOfN, MethodContext, VideoTPO, candidate_seeds, parse_method
+from vlm_teacher.objective import weighted_loss
 from vlm_teacher.optimize import TTOConfig
 from vlm_teacher.reasoner import load_reasoner
 from vlm_teacher.suites import load_suite
@@ -38,7 +39,10 @@ class ScriptedTeacher:
     def score(self, frames, queries: Queries, lam: float = 0.5) -> dict:
         self.calls.append(("score", np.asarray(frames).copy()))
         s = self.scores.pop(0)
-        return {"score": s, "p_yes": [s] * len(queries.all)}
+        p_yes = [s] * len(queries.all)
+        # the loss best-of-N ranks by is the TTO objective of these P(Yes) (Teacher.score's contract)
+        loss = float(weighted_loss(torch.log(torch.tensor(p_yes)), lam))
+        return {"score": s, "p_yes": p_yes, "loss": loss}
 
     def generate_text(self, prompt: str, images: Sequence[np.ndarray] = (), max_new_tokens: int = 128) -> str:
         self.calls.append(("generate_text", (prompt, [np.asarray(i).copy() for i in images])))
@@ -76,7 +80,9 @@ def test_best_of_n_keeps_the_frozen_video_of_the_best_scored_seed(reasoner, task
     ctx = MethodContext(reasoner=reasoner, teacher=teacher, tto=TTOConfig(num_frames_shown=3))
     out = BestOfN(3).run(ctx, task, seed=5)
     seeds = candidate_seeds(5, 3)
-    assert out.extra["chosen_seed"] == seeds[1] and out.extra["teacher_score"] == 0.9
+    assert out.extra["chosen_seed"] == seeds[1]
+    # ranked by the TTO loss of its P(Yes): -log 0.9 for every question (methods.BestOfN)
+    assert out.extra["teacher_loss"] == pytest.approx(-np.log(0.9)) and out.extra["teacher_score"] == pytest.approx(np.log(0.9))
     assert np.array_equal(out.video, _frozen(reasoner, task, seeds[1]))
     assert not np.array_equal(out.video, _frozen(reasoner, task, seeds[0]))
     # the teacher scored K = 3 frames of each candidate, in candidate order
