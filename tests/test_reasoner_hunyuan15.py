@@ -77,9 +77,10 @@ def test_preview_equals_the_decode_and_gradient_reaches_only_the_lora(reasoners,
         frames = r.preview(x0, [0, 3, 8])
         assert frames.shape == (3, 3, cond.height, cond.width)
         assert torch.allclose(frames.detach(), r.decode(x0.detach())[[0, 3, 8]], atol=1e-5)
-        r.vae_checkpointing = True
-        again = r.preview(x0, [0, 3, 8])
-        assert torch.allclose(again, frames, atol=1e-5)
+        if name == "t2v":  # the checkpointed decode once (diffusers' per-block checkpointing)
+            r.vae_checkpointing = True
+            again = r.preview(x0, [0, 3, 8])
+            assert torch.allclose(again, frames, atol=1e-5)
         (frames - 0.5).square().mean().backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
         assert not any(t.grad is not None for t in r.base_state_dict().values())

@@ -4,9 +4,9 @@ __all__ = ["X0_MODES", "Conditioning", "Reasoner", "uniform_frame_indices", "loa
 
 
 def reasoner_class(path):
-    """The adapter class for a diffusers model folder, from its model_index.json ``_class_name``
-    (and, for Wan, a second expert or a concat-style transformer). Folders that are neither
-    go to ``WanReasoner``, whose loader names what is wrong."""
+    """The adapter class for a diffusers model folder, from its model_index.json: ``_class_name``,
+    and for Wan a second expert (``transformer_2``) or no ``expand_timesteps`` (Wan2.1). Folders
+    that are none of these go to ``WanReasoner``, whose loader names what is wrong."""
     import json
     from pathlib import Path
 
@@ -27,20 +27,15 @@ def reasoner_class(path):
         from .wan_a14b import WanA14BReasoner
 
         return WanA14BReasoner
-    if index.get("_class_name") == "WanImageToVideoPipeline" and not index.get("expand_timesteps"):
-        from .wan_i2v import WanI2VReasoner, transformer_in_channels
+    if index.get("_class_name") in ("WanPipeline", "WanImageToVideoPipeline") and not index.get("expand_timesteps"):
+        from .wan21 import Wan21Reasoner  # Wan2.1: plain T2V, or concat I2V
 
-        try:
-            z_dim = int(json.loads((root / "vae" / "config.json").read_text(encoding="utf-8"))["z_dim"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return WanReasoner
-        if transformer_in_channels(root) not in (None, z_dim):
-            return WanI2VReasoner
+        return Wan21Reasoner
     return WanReasoner
 
 
 def load_reasoner(path, device="cpu", dtype=None):
-    """Load a reasoner from a local diffusers folder: Wan2.2-TI2V / Wan2.1-T2V (``WanReasoner``),
-    Wan2.1-I2V (``WanI2VReasoner``), Wan2.2 A14B (``WanA14BReasoner``), HunyuanVideo-1.5 T2V/I2V
-    (``HunyuanVideo15Reasoner``)."""
+    """Load a reasoner from a local diffusers folder: Wan2.2-TI2V-5B (``expand_timesteps``,
+    ``WanReasoner``), Wan2.1 T2V and I2V (``Wan21Reasoner``), Wan2.2 A14B (``WanA14BReasoner``),
+    HunyuanVideo-1.5 T2V and I2V (``HunyuanVideo15Reasoner``)."""
     return reasoner_class(path).from_pretrained(path, device=device, dtype=dtype)

@@ -122,6 +122,10 @@ class HunyuanVideo15Reasoner(WanReasoner):
         self.image_processor = HunyuanVideo15ImageProcessor(vae_scale_factor=self.scale_spatial,
                                                             do_resize=False, do_convert_rgb=True)
 
+    @property
+    def takes_first_frame(self) -> bool:
+        return self.image_to_video
+
     # ------------------------------------------------------------------ hooks
     @staticmethod
     def _latent_layout(vae, transformer):

@@ -351,6 +351,11 @@ class WanReasoner:
         return self.defaults.fps
 
     @property
+    def takes_first_frame(self) -> bool:
+        """Whether ``prepare`` accepts a first frame (TI2V-style conditioning here)."""
+        return True
+
+    @property
     def dtype(self) -> torch.dtype:
         """The transformer's compute dtype (LoRA weights may be float32 beside bf16 base weights)."""
         return self._dtype

@@ -19,7 +19,7 @@ import torch
 from ..errors import UserError
 from .base import Conditioning
 from .wan import _has_safetensors, _load_component
-from .wan_i2v import WanI2VReasoner
+from .wan21 import Wan21Reasoner
 
 
 def json_value(value: Any) -> Any:
@@ -27,8 +27,8 @@ def json_value(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-class WanA14BReasoner(WanI2VReasoner):
-    """``WanI2VReasoner`` with the second, low-noise expert ``transformer_2``."""
+class WanA14BReasoner(Wan21Reasoner):
+    """``Wan21Reasoner`` with the second, low-noise expert ``transformer_2``."""
 
     TWO_EXPERTS = True
 

@@ -1,6 +1,8 @@
-"""The Reasoner over a concat-style Wan image-to-video folder (Wan2.1-I2V-14B).
+"""The Reasoner over a Wan2.1 folder: text-to-video, or concat-style image-to-video (Wan2.1-I2V-14B).
 
-As diffusers' ``WanImageToVideoPipeline`` with ``expand_timesteps`` off: the
+Text-to-video is ``WanPipeline`` with ``expand_timesteps`` off: no first frame (the
+TI2V-style first-frame conditioning of ``WanReasoner`` is Wan2.2-TI2V-5B's, not Wan2.1's).
+Image-to-video is ``WanImageToVideoPipeline`` with ``expand_timesteps`` off: the
 transformer's input is 2 z_dim + 4 channels, the noisy latent, then a 4-channel
 mask (1 on latent frame 0, the given frame), then the normalised VAE latent of
 the pixel video [first frame, black, black, ...]. Wan2.1's transformer also
@@ -12,7 +14,6 @@ everything else are ``WanReasoner``'s.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,17 @@ import torch
 
 from ..errors import UserError
 from .base import Conditioning
-from .wan import WanReasoner, _as_rgb, _has_safetensors, _load_component
+from .wan import DEFAULTS_FILE, WanReasoner, _as_rgb, _has_safetensors, _load_component
 
 IMAGE_ENCODER_CLASSES = ("CLIPVisionModel", "CLIPVisionModelWithProjection")
+#: WanAttnProcessor splits [CLIP states, text] assuming exactly this many text tokens
+CLIP_TEXT_LENGTH = 512
 
 
-class WanI2VReasoner(WanReasoner):
-    """``WanReasoner`` with Wan2.1's concat image conditioning (and its CLIP image encoder).
-
-    A folder whose transformer takes z_dim channels is served as text-to-video
-    (no first frame): the two-expert subclass uses that for Wan2.2-T2V-A14B."""
+class Wan21Reasoner(WanReasoner):
+    """``WanReasoner`` without first-frame pinning: text-to-video when the transformer takes
+    z_dim channels (no first frame), else Wan2.1's concat image conditioning (and its CLIP
+    image encoder). The two-expert subclass reuses both for Wan2.2-T2V/I2V-A14B."""
 
     def __init__(self, transformer, vae, text_encoder, tokenizer, *, image_encoder=None,
                  image_processor=None, **kwargs) -> None:
@@ -41,6 +43,15 @@ class WanI2VReasoner(WanReasoner):
         if transformer.config.image_dim is not None and (image_encoder is None or image_processor is None):
             raise UserError(f"{self.path or 'model'}: the transformer takes CLIP image states (image_dim "
                             f"{transformer.config.image_dim}) but the folder has no image_encoder/image_processor")
+        if transformer.config.image_dim is not None and self.defaults.max_sequence_length != CLIP_TEXT_LENGTH:
+            raise UserError(f"{self.path or 'model'}: max_sequence_length is {self.defaults.max_sequence_length}, "
+                            f"but diffusers' Wan image cross-attention takes the last {CLIP_TEXT_LENGTH} context "
+                            f"tokens as the text; set max_sequence_length {CLIP_TEXT_LENGTH} in {DEFAULTS_FILE}")
+
+    @property
+    def takes_first_frame(self) -> bool:
+        """An image-to-video folder needs one, a text-to-video folder refuses it."""
+        return self.concat
 
     @property
     def _concat_channels(self) -> int:
@@ -137,14 +148,8 @@ class WanI2VReasoner(WanReasoner):
         if self.concat:
             x_in = torch.cat([x_in, cond.extra["condition"]], dim=1)
             kwargs["encoder_hidden_states_image"] = cond.extra["image_embeds"]
-        return self._expert(sigma)(hidden_states=x_in, timestep=self._timestep(sigma, cond),
+        t = torch.full((1,), sigma * self.num_train_timesteps, device=self.device, dtype=torch.float32)
+        return self._expert(sigma)(hidden_states=x_in, timestep=t,
                                    encoder_hidden_states=cond.extra["prompt_embeds"], return_dict=False,
                                    **kwargs)[0]
 
-
-def transformer_in_channels(root: Path) -> int | None:
-    """in_channels of ``root/transformer/config.json``, None if unreadable (the loader reports it)."""
-    try:
-        return int(json.loads((root / "transformer" / "config.json").read_text(encoding="utf-8"))["in_channels"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
