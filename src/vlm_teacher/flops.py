@@ -440,6 +440,7 @@ def reasoner_transformer(reasoner, latent_shape: Sequence[int], text_len: int, l
     if embeds is not None and tcfg.get("image_dim"):
         vc = embeds.config
         image_tokens = (vc.image_size // vc.patch_size) ** 2 + 1                  # CLIP: patches + class token
-    ti2v = type(reasoner).__name__ == "WanReasoner"
-    return wan_transformer(tcfg, latent_shape, text_len, lora_rank, lora_targets, per_token_time=ti2v,
-                           image_tokens=image_tokens)
+    from .reasoner.wan21 import Wan21Reasoner  # Wan2.1 / A14B: one timestep, not TI2V's per-token ones
+
+    return wan_transformer(tcfg, latent_shape, text_len, lora_rank, lora_targets,
+                           per_token_time=not isinstance(reasoner, Wan21Reasoner), image_tokens=image_tokens)
