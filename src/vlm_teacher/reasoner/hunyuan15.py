@@ -26,7 +26,6 @@ to checkpoint, unlike Wan's). Everything else is ``WanReasoner``'s.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import torch
 from ..errors import UserError
 from .base import Conditioning
 from .wan import (DEFAULTS_FILE, WanDefaults, WanReasoner, _as_rgb, _has_safetensors, _load_component,
-                  _read_flow_shift)
+                  _read_flow_shift, read_index)
 
 HUNYUAN_PIPELINE_CLASSES = ("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline")
 TEXT_ENCODER_CLASSES = ("Qwen2_5_VLTextModel",)
@@ -72,17 +71,8 @@ class HunyuanDefaults(WanDefaults):
 
 def _read_index(root: Path) -> dict[str, Any]:
     """Validate a HunyuanVideo-1.5 folder before any weight is touched."""
-    if not root.is_dir():
-        raise UserError(f"HunyuanVideo-1.5 model folder not found: {root}")
-    try:
-        index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{root}: cannot read model_index.json: {exc}") from None
-    cls = index.get("_class_name") if isinstance(index, dict) else None
-    if cls not in HUNYUAN_PIPELINE_CLASSES:
-        raise UserError(f"{root} is not a HunyuanVideo-1.5 pipeline: _class_name is {cls!r}, "
-                        f"expected one of {list(HUNYUAN_PIPELINE_CLASSES)}")
-    i2v = cls == HUNYUAN_PIPELINE_CLASSES[1]
+    index = read_index(root, "HunyuanVideo-1.5", HUNYUAN_PIPELINE_CLASSES)
+    i2v = index["_class_name"] == HUNYUAN_PIPELINE_CLASSES[1]
     for name in REQUIRED_COMPONENTS + (I2V_COMPONENTS if i2v else ()):
         if not (root / name).is_dir():
             raise UserError(f"{root} is not a complete HunyuanVideo-1.5 pipeline: the {name}/ folder is missing")

@@ -120,22 +120,29 @@ def _has_safetensors(folder: Path) -> bool:
     return any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json"))
 
 
-def _read_model_index(root: Path, two_experts: bool = False) -> dict[str, Any]:
-    """Validate the folder layout before any weight is touched (clear errors, no half-loads).
-    ``two_experts``: accept a second transformer (Wan2.2 A14B's transformer_2)."""
+def read_index(root: Path, family: str, classes: Sequence[str]) -> dict[str, Any]:
+    """The model_index.json of a diffusers folder whose ``_class_name`` is one of ``classes``
+    (one-line errors naming ``family``)."""
     if not root.is_dir():
-        raise UserError(f"Wan model folder not found: {root}")
+        raise UserError(f"{family} model folder not found: {root}")
     index_path = root / "model_index.json"
     if not index_path.is_file():
-        raise UserError(f"{root} is not a Wan (diffusers) pipeline folder: model_index.json is missing")
+        raise UserError(f"{root} is not a {family} (diffusers) pipeline folder: model_index.json is missing")
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"{index_path} is not valid JSON: {exc}") from None
     cls = index.get("_class_name") if isinstance(index, dict) else None
-    if cls not in WAN_PIPELINE_CLASSES:
-        raise UserError(f"{root} is not a Wan pipeline: model_index.json _class_name is {cls!r}, "
-                        f"expected one of {list(WAN_PIPELINE_CLASSES)}")
+    if cls not in classes:
+        raise UserError(f"{root} is not a {family} pipeline: model_index.json _class_name is {cls!r}, "
+                        f"expected one of {list(classes)}")
+    return index
+
+
+def _read_model_index(root: Path, two_experts: bool = False) -> dict[str, Any]:
+    """Validate the folder layout before any weight is touched (clear errors, no half-loads).
+    ``two_experts``: accept a second transformer (Wan2.2 A14B's transformer_2)."""
+    index = read_index(root, "Wan", WAN_PIPELINE_CLASSES)
     second = index.get("transformer_2")
     if isinstance(second, list) and any(second) and not two_experts:
         raise UserError(f"{root}: two-expert Wan2.2 models (transformer_2) are not supported; "
