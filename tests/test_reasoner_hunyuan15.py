@@ -126,3 +126,16 @@ def test_broken_folder_is_a_user_error(folders, tmp_path):
     shutil.rmtree(folder / "image_encoder")
     with pytest.raises(UserError, match="image_encoder/"):
         load_reasoner(folder)
+
+
+def test_prompt_encodings_are_cached(folders):
+    """Both text encoders run once per prompt (WanReasoner's prompt cache); a new prompt runs them again."""
+    r = load_reasoner(folders["t2v"])
+    calls = []
+    for encoder in (r.text_encoder, r.text_encoder_2):
+        encoder.register_forward_hook(lambda *a: calls.append(1))
+    first = r.encode_text(PROMPT)
+    assert len(calls) == 2
+    assert r.encode_text(PROMPT) is first and len(calls) == 2
+    r.encode_text('Push the box to "HOME".')  # quoted text again: ByT5 runs too
+    assert len(calls) == 4
