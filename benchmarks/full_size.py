@@ -41,7 +41,8 @@ import _common as C
 
 from vlm_teacher.perf import flops as F
 from vlm_teacher.optimize import TTOConfig, teach
-from vlm_teacher.perf.presets import build_teacher, build_wan_reasoner, random_prompt_embeds, wan_preset
+from vlm_teacher.perf.presets import (VIDEO_PRESETS, build_teacher, build_video_reasoner, build_wan_reasoner,
+                                      random_prompt_embeds, wan_preset)
 from vlm_teacher.reasoner.base import uniform_frame_indices
 from vlm_teacher.reasoner.surrogate import TinyWanDecoder
 from vlm_teacher.task import Queries, Task
@@ -51,6 +52,12 @@ PRESETS: dict[str, dict[str, Any]] = {
              "sizes": "1280x704,832x480", "frames": 89, "k": 24, "steps": 16},
     "tiny": {"reasoner": "wan-tiny", "teachers": "qwen3-vl-tiny,qwen2.5-vl-tiny",
              "sizes": "96x64,64x64", "frames": 9, "k": 6, "steps": 3},
+    # the other reasoners (vlm_teacher.perf.presets.VIDEO_PRESETS), each at its native size with Qwen3-VL-4B
+    **{name: {"reasoner": name, "teachers": "qwen3-vl-4b", "sizes": f"{p.width}x{p.height}",
+              "frames": p.num_frames, "k": 24, "steps": 16}
+       for name, p in VIDEO_PRESETS.items() if not name.endswith("-tiny")},
+    **{name: {"reasoner": name, "teachers": "qwen3-vl-tiny", "sizes": "64x64", "frames": 9, "k": 6, "steps": 3}
+       for name in VIDEO_PRESETS if name.endswith("-tiny")},
 }
 PROMPT = "Move the blue agent through the maze to the green square without crossing any black wall."
 #: one goal and the maximum of three process questions (the costliest case, Q = 4)
@@ -124,7 +131,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         a.dtype = "bfloat16" if a.device.type == "cuda" else "float32"
     a.dtype = getattr(torch, a.dtype)
     a.vae_dtype = getattr(torch, a.vae_dtype) if a.vae_dtype else a.dtype
-    a.out = a.out or ("full_size" if a.preset == "full" else f"full_size_{a.preset}")
+    a.out = a.out or ("full_size" if a.preset == "full" else f"full_size_{a.preset}".replace(".", "_"))
     return a
 
 
@@ -177,8 +184,10 @@ class SyncCounter:
 
 
 def build_reasoner(a: argparse.Namespace):
-    reasoner = build_wan_reasoner(wan_preset(PRESETS[a.preset]["reasoner"]), a.device, a.dtype, a.vae_dtype,
-                                  seed=a.seed)
+    name = PRESETS[a.preset]["reasoner"]
+    build = build_video_reasoner if name in VIDEO_PRESETS else (lambda n, *args, **kw: build_wan_reasoner(
+        wan_preset(n), *args, **kw))
+    reasoner = build(name, a.device, a.dtype, a.vae_dtype, seed=a.seed)
     reasoner.grad_checkpointing = not a.no_transformer_ckpt
     reasoner.vae_checkpointing = not a.no_vae_ckpt
     if a.preview == "surrogate":
@@ -187,7 +196,7 @@ def build_reasoner(a: argparse.Namespace):
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(a.seed)
-                decoder = TinyWanDecoder(latent_channels=reasoner.z_dim, patch=2)
+                decoder = TinyWanDecoder(latent_channels=reasoner.z_dim, patch=reasoner.scale_spatial // 8)
             reasoner.use_preview_decoder(decoder, dtype=a.vae_dtype)
     if a.compile:
         reasoner.compile = True
@@ -199,7 +208,7 @@ def run_case(reasoner, teacher, teacher_name: str, size: tuple[int, int], a: arg
     device = a.device
     width, height = size
     rng = np.random.default_rng(a.seed)
-    first = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    first = rng.integers(0, 256, (height, width, 3), dtype=np.uint8) if reasoner.takes_first_frame else None
     task = Task(id=f"bench-{width}x{height}", prompt=PROMPT, first_frame=first)
     reasoner.set_prompt_embeds(PROMPT, random_prompt_embeds(reasoner, seed=a.seed))
     reasoner.sync_grad_norm = a.sync_grad_norm

@@ -78,7 +78,7 @@ def wan_tokens(transformer_cfg: dict[str, Any], latent_shape: Sequence[int]) -> 
 
 def wan_transformer(transformer_cfg: dict[str, Any], latent_shape: Sequence[int], text_len: int,
                     lora_rank: int = 0, lora_targets: Sequence[str] = ("to_q", "to_k", "to_v", "to_out.0"),
-                    per_token_time: bool = True) -> Flops:
+                    per_token_time: bool = True, image_tokens: int = 0) -> Flops:
     """One forward of diffusers' ``WanTransformer3DModel`` on a latent of ``latent_shape``.
 
     Per block: self-attention q/k/v/out (8 N d^2) and its products (4 N^2 d);
@@ -87,7 +87,8 @@ def wan_transformer(transformer_cfg: dict[str, Any], latent_shape: Sequence[int]
     blocks: patch embedding, per-token time embedding (Wan2.2 TI2V gives each
     token its own timestep), text embedder, output projection. LoRA of rank r on
     a linear (in, out) over n tokens: 2 n r (in + out); ``lora_targets`` are
-    suffixes matched in both attentions as peft does."""
+    suffixes matched in both attentions as peft does. ``image_tokens``: Wan2.1-I2V's CLIP
+    states (257), embedded once and read by extra cross-attention keys/values in every block."""
     c = transformer_cfg
     d = c["num_attention_heads"] * c["attention_head_dim"]
     f, layers = c["ffn_dim"], c["num_layers"]
@@ -101,12 +102,14 @@ def wan_transformer(transformer_cfg: dict[str, Any], latent_shape: Sequence[int]
     const += 2.0 * time_tokens * d * (freq + d + 6 * d)                 # time embedder + time_proj
     const += 2.0 * ln * (text_dim * d + d * d)                          # text embedder
     grad = 2.0 * n * d * cout * patch                                   # proj_out
+    li, image_dim = int(image_tokens), c.get("image_dim") or 0
+    const += 2.0 * li * (image_dim * image_dim + image_dim * d)         # image embedder
     attention = 0.0
     lora = 0.0
     for _ in range(layers):
         grad += 8.0 * n * d * d + 4.0 * n * d * d + 4.0 * n * d * f
-        const += 4.0 * ln * d * d
-        attention += 4.0 * n * n * d + 4.0 * n * ln * d
+        const += 4.0 * ln * d * d + 4.0 * li * d * d
+        attention += 4.0 * n * n * d + 4.0 * n * ln * d + 4.0 * n * li * d
         if lora_rank:
             for target in ("to_q", "to_k", "to_v", "to_out.0"):
                 if target not in lora_targets:
@@ -134,20 +137,22 @@ def module_flops_on_meta(build, run) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _vae_decode_cached(cfg_items: tuple, latent_frames: int, h: int, w: int) -> float:
-    from diffusers import AutoencoderKLWan
+    from diffusers import AutoencoderKLHunyuanVideo15, AutoencoderKLWan
 
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg_items}
+    cls = AutoencoderKLHunyuanVideo15 if "latent_channels" in cfg else AutoencoderKLWan
 
     def run(vae):
-        z = torch.zeros(1, cfg["z_dim"], latent_frames, h, w, device="meta")
+        z = torch.zeros(1, cfg.get("z_dim") or cfg["latent_channels"], latent_frames, h, w, device="meta")
         vae.decode(z, return_dict=False)
 
-    return module_flops_on_meta(lambda: AutoencoderKLWan(**cfg), run)
+    return module_flops_on_meta(lambda: cls(**{k: v for k, v in cfg.items() if not k.startswith("_")}), run)
 
 
 def vae_decode(vae_cfg: dict[str, Any], latent_frames: int, latent_h: int, latent_w: int) -> Flops:
-    """A decode of ``latent_frames`` latent frames by diffusers' ``AutoencoderKLWan``
-    (counted on the meta device); all of it is on the gradient path of the preview."""
+    """A decode of ``latent_frames`` latent frames by diffusers' ``AutoencoderKLWan`` (or
+    ``AutoencoderKLHunyuanVideo15``, told by its ``latent_channels``), counted on the meta
+    device; all of it is on the gradient path of the preview."""
     items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in vae_cfg.items()))
     return Flops(grad=_vae_decode_cached(items, int(latent_frames), int(latent_h), int(latent_w)))
 
@@ -345,14 +350,13 @@ def tto_flops(reasoner, teacher, latent_shape: Sequence[int], frame_indices: Seq
     text_len = int(reasoner.defaults.max_sequence_length)
     steps = int(sampler_steps or reasoner.defaults.steps)
     _, _, t_lat, h_lat, w_lat = (int(v) for v in latent_shape)
-    scale_t = int(vcfg.get("scale_factor_temporal") or 4)
-    scale_s = int(vcfg.get("scale_factor_spatial") or 8)
+    scale_t, scale_s = int(reasoner.scale_temporal), int(reasoner.scale_spatial)
     needed = math.ceil(max(frame_indices) / scale_t) + 1
     if not getattr(reasoner, "preview_needed_only", True):
         needed = t_lat
 
-    wan_lora = wan_transformer(tcfg, latent_shape, text_len, lora_rank, lora_targets)
-    wan_plain = wan_transformer(tcfg, latent_shape, text_len)
+    wan_lora = reasoner_transformer(reasoner, latent_shape, text_len, lora_rank, lora_targets)
+    wan_plain = reasoner_transformer(reasoner, latent_shape, text_len)
     decoder = getattr(reasoner, "preview_decoder", None)
     if decoder is not None:
         from ..reasoner.surrogate import TinyWanDecoder
@@ -399,3 +403,76 @@ def tto_flops(reasoner, teacher, latent_shape: Sequence[int], frame_indices: Seq
         "teacher_grid": list(grid),
         "preview_latent_frames": needed,
     }
+
+
+# ----------------------------------------------------------------------------- other reasoners (issue 18)
+
+def hunyuan15_transformer(cfg: dict[str, Any], latent_shape: Sequence[int], text_len: int, lora_rank: int = 0,
+                          lora_targets: Sequence[str] = ("to_q", "to_k", "to_v", "to_out.0"),
+                          byt5_tokens: int = 256, image_tokens: int = 729, timestep_r: bool = False) -> Flops:
+    """One forward of diffusers' ``HunyuanVideo15Transformer3DModel``.
+
+    Outside the blocks (no gradient path): patch embedding of [x_t, condition, mask], time
+    embedding (twice with meanflow's ``timestep_r``), the text refiner (input projection, its
+    pooled-text/time embedding, ``num_refiner_layers`` self-attention blocks over the
+    ``text_len`` Qwen tokens), the ByT5 and image projections. Per double-stream block, on the
+    gradient path (the text stream mixes with the video through the joint attention): video
+    and text projections (8 N d^2 + 8 L d^2), joint attention over N + L tokens (4 (N + L)^2 d),
+    both MLPs (4 N d f + 4 L d f), with L = text + ByT5 + image tokens (padding included, as
+    the model computes it); the two AdaLayerNormZero projections of the time embedding (one
+    token each). LoRA on attention targets: video-side names read N tokens, ``add_*`` and
+    ``to_add_out`` read L."""
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    f = int(d * cfg.get("mlp_ratio", 4.0))
+    patch = cfg.get("patch_size_t", 1) * cfg.get("patch_size", 1) ** 2
+    _, _, t, h, w = latent_shape
+    n = (t // cfg.get("patch_size_t", 1)) * (h // cfg.get("patch_size", 1)) * (w // cfg.get("patch_size", 1))
+    lt, lb, li = int(text_len), int(byt5_tokens), int(image_tokens)
+    big_l = lt + lb + li
+    tdim, bdim, idim = cfg["text_embed_dim"], cfg["text_embed_2_dim"], cfg["image_embed_dim"]
+    time = 2.0 * (256 * d + d * d)
+    const = 2.0 * n * cfg["in_channels"] * patch * d + time * (2 if timestep_r else 1)
+    const += time + 2.0 * (tdim * d + d * d) + 2.0 * lt * tdim * d           # refiner embeddings, proj_in
+    for _ in range(cfg.get("num_refiner_layers", 2)):
+        const += 8.0 * lt * d * d + 4.0 * lt * lt * d + 4.0 * lt * d * f + 2.0 * d * 2 * d
+    const += 2.0 * lb * (bdim * 2048 + 2048 * 2048 + 2048 * d) + 2.0 * li * (idim * idim + idim * d)
+    const += 2.0 * d * 2 * d                                                   # norm_out
+    grad = 2.0 * n * d * cfg["out_channels"] * patch                           # proj_out
+    attention = lora = 0.0
+    for _ in range(cfg["num_layers"]):
+        const += 2 * 2.0 * d * 6 * d
+        grad += 8.0 * (n + big_l) * d * d + 4.0 * (n + big_l) * d * f
+        attention += 4.0 * (n + big_l) ** 2 * d
+        if lora_rank:
+            for target in lora_targets:
+                leaf = target.split("attn.")[-1]
+                if target.startswith(("ff.", "ff_context.")):
+                    lora += 2.0 * (big_l if target.startswith("ff_context.") else n) * lora_rank * (d + f)
+                elif leaf in ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"):
+                    lora += 2.0 * big_l * lora_rank * 2 * d
+                elif leaf in ("to_q", "to_k", "to_v", "to_out.0"):
+                    lora += 2.0 * n * lora_rank * 2 * d
+    return Flops(grad=grad, attention=attention, const=const, lora=lora)
+
+
+def reasoner_transformer(reasoner, latent_shape: Sequence[int], text_len: int, lora_rank: int = 0,
+                         lora_targets: Sequence[str] = ("to_q", "to_k", "to_v", "to_out.0")) -> Flops:
+    """One denoiser call of any adapter (Wan, Wan2.1-I2V, one Wan2.2-A14B expert, HunyuanVideo-1.5)."""
+    tcfg = _cfg_dict(reasoner.transformer.config)
+    if hasattr(reasoner, "tokenizer_2"):
+        meanflow = bool(reasoner.image_to_video and tcfg.get("use_meanflow"))
+        image_tokens = 729  # text-to-video: the pipeline's zero tokens; image-to-video: SigLIP's patches
+        if reasoner.image_to_video:
+            vc = reasoner.image_encoder.config
+            image_tokens = (vc.image_size // vc.patch_size) ** 2
+        return hunyuan15_transformer(tcfg, latent_shape, text_len, lora_rank, lora_targets,
+                                     image_tokens=image_tokens, timestep_r=meanflow)
+    embeds = getattr(reasoner, "image_encoder", None)
+    image_tokens = 0
+    if embeds is not None and tcfg.get("image_dim"):
+        vc = embeds.config
+        image_tokens = (vc.image_size // vc.patch_size) ** 2 + 1                  # CLIP: patches + class token
+    from ..reasoner.wan21 import Wan21Reasoner  # Wan2.1 / A14B: one timestep, not TI2V's per-token ones
+
+    return wan_transformer(tcfg, latent_shape, text_len, lora_rank, lora_targets,
+                           per_token_time=not isinstance(reasoner, Wan21Reasoner), image_tokens=image_tokens)

@@ -273,7 +273,10 @@ def build_wan_reasoner(preset: WanPreset | str, device: str | torch.device = "cp
 
 def random_prompt_embeds(reasoner, prompt_tokens: int = 64, seed: int = 0) -> torch.Tensor:
     """A stand-in for the UMT5 output: (1, max_sequence_length, text_dim), ``prompt_tokens``
-    unit-variance rows then zeros (WanPipeline zeroes the padding the same way)."""
+    unit-variance rows then zeros (WanPipeline zeroes the padding the same way).
+    HunyuanVideo-1.5 gets its dict: Qwen2.5-VL states with ``prompt_tokens`` valid, no glyph text."""
+    if hasattr(reasoner, "tokenizer_2"):
+        return _hunyuan15_prompt_embeds(reasoner, prompt_tokens, seed)
     length = reasoner.defaults.max_sequence_length
     dim = int(reasoner.transformer.config.text_dim)
     g = torch.Generator().manual_seed(seed)
@@ -419,3 +422,182 @@ def build_teacher(name: str, device: str | torch.device = "cpu", dtype: torch.dt
     vision = model.config.vision_config
     return InternVLTeacher(model, tokenizer, TileSpec(tile=int(vision.image_size[0]),
                                                       tokens_per_tile=int(model.config.image_seq_length)))
+
+
+# ----------------------------------------------------------------------------- more reasoners (issue 18)
+# Recalled from the published diffusers config.json files (not read here, no network):
+# Wan2.1-T2V/I2V-14B and each Wan2.2-A14B expert: 40 layers, 40 heads x 128 (dim 5120), ffn 13824,
+# text_dim 4096, freq_dim 256, patch (1, 2, 2); T2V in 16, I2V in 36; Wan2.1-I2V also image_dim 1280
+# (CLIP ViT-H/14: 32 layers, width 1280, 16 heads, MLP 5120, 224 px, patch 14 -> 257 tokens) and
+# added_kv_proj_dim 5120; A14B boundary_ratio 0.875 (T2V) / 0.9 (I2V). Wan2.1 VAE: base_dim 96,
+# z_dim 16, dim_mult [1, 2, 4, 4], 2 res blocks, 8x spatial. HunyuanVideo-1.5: the diffusers class
+# defaults (54 double-stream blocks, 16 heads x 128, MLP ratio 4, 2 refiner blocks, in 65 / out 32,
+# patch 1, text 3584 (Qwen2.5-VL-7B) + ByT5 1472 + SigLIP 1152 (so400m: 27 layers, MLP 4304, 16 heads,
+# 384 px, patch 14 -> 729 tokens)); its VAE 32 channels, widths (128, 256, 512, 1024, 1024), 16x / 4x.
+# Model cards: Wan2.1 "14B", Wan2.2 A14B "27B total, 14B active", HunyuanVideo-1.5 "8.3B".
+
+@dataclass(frozen=True)
+class VideoPreset(WanPreset):
+    """A reasoner other than the Wan TI2V family: ``family`` picks the adapter
+    (wan-t2v / wan-i2v: ``Wan21Reasoner``, wan-a14b: ``WanA14BReasoner``, hunyuan15:
+    ``HunyuanVideo15Reasoner``); ``image_encoder`` is the
+    CLIP/SigLIP vision config (built at the real size: it is small), ``i2v`` whether a first
+    frame conditions the video."""
+
+    family: str = "wan-t2v"
+    i2v: bool = False
+    boundary_ratio: float | None = None
+    image_encoder: dict[str, Any] | None = None
+
+
+def _wan21_vae(base_dim: int = 96, dim_mult=(1, 2, 4, 4), num_res_blocks: int = 2) -> dict[str, Any]:
+    return dict(base_dim=base_dim, z_dim=16, dim_mult=list(dim_mult), num_res_blocks=num_res_blocks,
+                attn_scales=[], temperal_downsample=[False, True, True], latents_mean=[0.0] * 16,
+                latents_std=[1.0] * 16)
+
+
+def _wan14b(in_channels: int, image_dim: int | None = None, **small) -> dict[str, Any]:
+    cfg = _wan_transformer(40, 40, 128, 13824, 4096)
+    cfg.update(in_channels=in_channels, out_channels=16, image_dim=image_dim, **small)
+    cfg["added_kv_proj_dim"] = cfg["num_attention_heads"] * cfg["attention_head_dim"] if image_dim else None
+    return cfg
+
+
+def _hunyuan15_transformer(**small) -> dict[str, Any]:
+    return dict(dict(in_channels=65, out_channels=32, num_attention_heads=16, attention_head_dim=128,
+                     num_layers=54, num_refiner_layers=2, mlp_ratio=4.0, patch_size=1, patch_size_t=1,
+                     qk_norm="rms_norm", text_embed_dim=3584, text_embed_2_dim=1472, image_embed_dim=1152,
+                     rope_theta=256.0, rope_axes_dim=(16, 56, 56), target_size=640, use_meanflow=False), **small)
+
+
+CLIP_VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                  image_size=224, patch_size=14, projection_dim=1024)
+SIGLIP_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                     image_size=384, patch_size=14)
+HUNYUAN15_VAE = dict(latent_channels=32, block_out_channels=[128, 256, 512, 1024, 1024], layers_per_block=2,
+                     spatial_compression_ratio=16, temporal_compression_ratio=4, scaling_factor=1.03682)
+_WAN14B = dict(num_frames=81, fps=16, height=480, width=832)
+_TINY_WAN = dict(num_layers=2, num_attention_heads=2, attention_head_dim=24, ffn_dim=128, text_dim=64, freq_dim=32)
+_TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+_TINY_RUN = dict(text_len=32, fps=8, num_frames=9, height=64, width=64)
+_RECALLED = ("every transformer/VAE/image-encoder value (see the comment above VideoPreset)",
+             "latents_mean/std (0/1)", "flow_shift", "steps (step-distilled samplers)")
+
+VIDEO_PRESETS: dict[str, VideoPreset] = {p.name: p for p in (
+    VideoPreset("wan2.1-t2v-14b", _wan14b(16), _wan21_vae(), flow_shift=5.0, recalled=_RECALLED, **_WAN14B),
+    VideoPreset("wan2.1-i2v-14b-480p", _wan14b(36, 1280), _wan21_vae(), flow_shift=3.0, family="wan-i2v", i2v=True,
+                image_encoder=CLIP_VIT_H, recalled=_RECALLED, **_WAN14B),
+    VideoPreset("wan2.2-t2v-a14b", _wan14b(16), _wan21_vae(), flow_shift=12.0, family="wan-a14b",
+                boundary_ratio=0.875, recalled=_RECALLED, **dict(_WAN14B, height=720, width=1280)),
+    VideoPreset("wan2.2-i2v-a14b", _wan14b(36), _wan21_vae(), flow_shift=5.0, family="wan-a14b", i2v=True,
+                boundary_ratio=0.9, recalled=_RECALLED, **dict(_WAN14B, height=720, width=1280)),
+    VideoPreset("hunyuan15-480p-t2v", _hunyuan15_transformer(), HUNYUAN15_VAE, text_len=1000, flow_shift=5.0,
+                steps=8, fps=24, num_frames=121, height=480, width=848, family="hunyuan15", recalled=_RECALLED),
+    VideoPreset("hunyuan15-480p-i2v", _hunyuan15_transformer(), HUNYUAN15_VAE, text_len=1000, flow_shift=5.0,
+                steps=8, fps=24, num_frames=121, height=480, width=848, family="hunyuan15", i2v=True,
+                image_encoder=SIGLIP_SO400M, recalled=_RECALLED),
+    # the same code paths, small enough for a CPU check
+    VideoPreset("wan2.1-i2v-tiny", _wan14b(36, 32, **_TINY_WAN), _wan21_vae(16, (1, 2, 2, 2), 1), family="wan-i2v",
+                i2v=True, image_encoder=_TINY_CLIP, **dict(_TINY_RUN, text_len=512)),
+    VideoPreset("wan2.2-a14b-tiny", _wan14b(36, **_TINY_WAN), _wan21_vae(16, (1, 2, 2, 2), 1), family="wan-a14b",
+                i2v=True, boundary_ratio=0.9, **_TINY_RUN),
+    VideoPreset("hunyuan15-tiny", _hunyuan15_transformer(
+        in_channels=17, out_channels=8, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+        num_refiner_layers=1, text_embed_dim=32, text_embed_2_dim=32, image_embed_dim=32, rope_axes_dim=(4, 6, 6),
+        target_size=64), dict(HUNYUAN15_VAE, latent_channels=8, block_out_channels=[16, 32, 32, 64, 64],
+                              layers_per_block=1),
+        family="hunyuan15", i2v=True, image_encoder=dict(_TINY_CLIP, num_hidden_layers=1), steps=3, **_TINY_RUN),
+)}
+
+
+def any_preset(name: str) -> WanPreset:
+    """A reasoner preset of either table."""
+    if name in VIDEO_PRESETS:
+        return VIDEO_PRESETS[name]
+    if name in WAN_PRESETS:
+        return WAN_PRESETS[name]
+    raise UserError(f"unknown reasoner preset {name!r}; choose one of {sorted(WAN_PRESETS) + sorted(VIDEO_PRESETS)}")
+
+
+def _video_modules(preset: VideoPreset, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype):
+    """name -> random-weight module of ``preset`` built on ``device`` (``meta`` for counting)."""
+    from diffusers import (AutoencoderKLHunyuanVideo15, AutoencoderKLWan, HunyuanVideo15Transformer3DModel,
+                           WanTransformer3DModel)
+    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+
+    hunyuan = preset.family == "hunyuan15"
+    transformer_cls = HunyuanVideo15Transformer3DModel if hunyuan else WanTransformer3DModel
+    modules: dict[str, torch.nn.Module] = {}
+    with _defaults(device, dtype):
+        modules["transformer"] = transformer_cls(**preset.transformer)
+        if preset.boundary_ratio is not None:
+            modules["transformer_2"] = transformer_cls(**preset.transformer)
+        if preset.image_encoder is not None and (hunyuan or preset.transformer.get("image_dim")):
+            vision = (SiglipVisionModel(SiglipVisionConfig(**preset.image_encoder)) if hunyuan
+                      else CLIPVisionModel(CLIPVisionConfig(**preset.image_encoder)))
+            modules["image_encoder"] = vision.eval()
+    for name in ("transformer", "transformer_2"):
+        if name in modules:
+            _keep_fp32(modules[name])
+    with _defaults(device, vae_dtype):
+        modules["vae"] = (AutoencoderKLHunyuanVideo15 if hunyuan else AutoencoderKLWan)(**preset.vae)
+    return modules
+
+
+def build_video_reasoner(preset: VideoPreset | str, device: str | torch.device = "cpu",
+                         dtype: torch.dtype = torch.float32, vae_dtype: torch.dtype | None = None, seed: int = 0):
+    """The adapter of ``preset`` over random-weight modules, without text encoders:
+    give ``prepare`` a ``prompt_embeds`` (``random_prompt_embeds``)."""
+    from transformers import CLIPImageProcessor, SiglipImageProcessor
+
+    from ..reasoner.hunyuan15 import HunyuanDefaults, HunyuanVideo15Reasoner
+    from ..reasoner.wan import WanDefaults
+    from ..reasoner.wan_a14b import WanA14BReasoner
+    from ..reasoner.wan21 import Wan21Reasoner
+
+    preset = VIDEO_PRESETS[preset] if isinstance(preset, str) else preset
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        m = _video_modules(preset, device, dtype, vae_dtype or dtype)
+    size = dict(num_frames=preset.num_frames, height=preset.height, width=preset.width, steps=preset.steps,
+                fps=preset.fps, max_sequence_length=preset.text_len)
+    common = dict(flow_shift=preset.flow_shift, device=device)
+    if preset.family == "hunyuan15":
+        px = (preset.image_encoder or {}).get("image_size", 384)
+        extra = dict(image_encoder=m["image_encoder"], feature_extractor=SiglipImageProcessor(
+            size={"height": px, "width": px})) if preset.i2v else {}
+        return HunyuanVideo15Reasoner(m["transformer"], m["vae"], None, None, text_encoder_2=None, tokenizer_2=None,
+                                      image_to_video=preset.i2v, defaults=HunyuanDefaults(**size), **extra, **common)
+    defaults = WanDefaults(**size)
+    extra = {}
+    if "image_encoder" in m:
+        px = preset.image_encoder["image_size"]
+        extra = dict(image_encoder=m["image_encoder"], image_processor=CLIPImageProcessor(
+            size={"shortest_edge": px}, crop_size={"height": px, "width": px}))
+    if preset.family == "wan-a14b":
+        return WanA14BReasoner(m["transformer"], m["vae"], None, None, transformer_2=m["transformer_2"],
+                               boundary_ratio=preset.boundary_ratio, defaults=defaults, **extra, **common)
+    return Wan21Reasoner(m["transformer"], m["vae"], None, None, defaults=defaults, **extra, **common)
+
+
+def count_video_parameters(name: str) -> dict[str, int]:
+    """Parameters per module of a ``VIDEO_PRESETS`` entry, counted on the meta device."""
+    preset = VIDEO_PRESETS[name]
+    modules = _video_modules(preset, torch.device("meta"), torch.float32, torch.float32)
+    return {k: sum(p.numel() for p in v.parameters()) for k, v in modules.items()}
+
+
+def _hunyuan15_prompt_embeds(reasoner, prompt_tokens: int, seed: int) -> dict[str, torch.Tensor]:
+    from ..reasoner.hunyuan15 import BYT5_LENGTH
+
+    cfg, length = reasoner.transformer.config, reasoner.defaults.max_sequence_length
+    g = torch.Generator().manual_seed(seed)
+    valid = min(prompt_tokens, length)
+    embeds = torch.zeros(1, length, cfg.text_embed_dim)
+    embeds[:, :valid] = torch.randn(1, valid, cfg.text_embed_dim, generator=g)
+    mask = torch.zeros(1, length)
+    mask[:, :valid] = 1.0
+    return {"embeds": embeds, "mask": mask, "embeds_2": torch.zeros(1, BYT5_LENGTH, cfg.text_embed_2_dim),
+            "mask_2": torch.zeros(1, BYT5_LENGTH)}

@@ -102,23 +102,31 @@ def _has_safetensors(folder: Path) -> bool:
     return any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json"))
 
 
-def _read_model_index(root: Path) -> dict[str, Any]:
-    """Validate the folder layout before any weight is touched (clear errors, no half-loads)."""
+def read_index(root: Path, family: str, classes: Sequence[str]) -> dict[str, Any]:
+    """The model_index.json of a diffusers folder whose ``_class_name`` is one of ``classes``
+    (one-line errors naming ``family``)."""
     if not root.is_dir():
-        raise UserError(f"Wan model folder not found: {root}")
+        raise UserError(f"{family} model folder not found: {root}")
     index_path = root / "model_index.json"
     if not index_path.is_file():
-        raise UserError(f"{root} is not a Wan (diffusers) pipeline folder: model_index.json is missing")
+        raise UserError(f"{root} is not a {family} (diffusers) pipeline folder: model_index.json is missing")
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"{index_path} is not valid JSON: {exc}") from None
     cls = index.get("_class_name") if isinstance(index, dict) else None
-    if cls not in WAN_PIPELINE_CLASSES:
-        raise UserError(f"{root} is not a Wan pipeline: model_index.json _class_name is {cls!r}, "
-                        f"expected one of {list(WAN_PIPELINE_CLASSES)}")
+    if cls not in classes:
+        raise UserError(f"{root} is not a {family} pipeline: model_index.json _class_name is {cls!r}, "
+                        f"expected one of {list(classes)}")
+    return index
+
+
+def _read_model_index(root: Path, two_experts: bool = False) -> dict[str, Any]:
+    """Validate the folder layout before any weight is touched (clear errors, no half-loads).
+    ``two_experts``: accept a second transformer (Wan2.2 A14B's transformer_2)."""
+    index = read_index(root, "Wan", WAN_PIPELINE_CLASSES)
     second = index.get("transformer_2")
-    if isinstance(second, list) and any(second):
+    if isinstance(second, list) and any(second) and not two_experts:
         raise UserError(f"{root}: two-expert Wan2.2 models (transformer_2) are not supported; "
                         "use a single-transformer Wan folder such as Wan2.2-TI2V-5B")
     for name in REQUIRED_COMPONENTS:
@@ -224,24 +232,16 @@ class WanReasoner:
         self._dtype = transformer.dtype  # cached: diffusers' .dtype walks every module
         self._lora: dict[str, Any] | None = None
 
-        vcfg, tcfg = vae.config, transformer.config
-        self.z_dim = int(vcfg.z_dim)
-        self.scale_spatial = int(vcfg.scale_factor_spatial or 8)
-        self.scale_temporal = int(vcfg.scale_factor_temporal or 4)
-        self.patch_size = tuple(int(p) for p in tcfg.patch_size)
-        if tcfg.in_channels != self.z_dim or (tcfg.out_channels or tcfg.in_channels) != self.z_dim:
-            raise UserError(
-                f"{path or 'model'}: transformer in/out channels {tcfg.in_channels}/{tcfg.out_channels} "
-                f"do not match the VAE z_dim {self.z_dim}; only T2V/TI2V-style Wan models are supported "
-                "(not concat-style image-to-video checkpoints)")
+        (self.z_dim, self.scale_spatial, self.scale_temporal, self.patch_size,
+         latents_mean, latents_std) = self._latent_layout(vae, transformer)
+        self._check_channels(transformer.config, path)
         #: height and width must be multiples of this (VAE downsampling x transformer patch)
         self.size_multiple = self.scale_spatial * max(self.patch_size[1], self.patch_size[2])
-        for module in (transformer, vae, text_encoder):
-            if module is not None:
-                module.requires_grad_(False)
-                module.eval()
-        self._latents_mean = torch.tensor(vcfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        self._latents_std = torch.tensor(vcfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        for _, module in self._frozen_modules():
+            module.requires_grad_(False)
+            module.eval()
+        self._latents_mean = torch.tensor(latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self._latents_std = torch.tensor(latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._latent_stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         for name in ("height", "width"):
             value = getattr(self.defaults, name)
@@ -251,6 +251,42 @@ class WanReasoner:
         if (self.defaults.num_frames - 1) % self.scale_temporal:
             raise UserError(f"{path or 'model'}/{DEFAULTS_FILE}: num_frames {self.defaults.num_frames} "
                             f"is not {self.scale_temporal}k+1")
+
+    # ------------------------------------------------------------------ hooks for the other adapters
+    @staticmethod
+    def _latent_layout(vae, transformer) -> tuple[int, int, int, tuple[int, ...], list[float], list[float]]:
+        """(z_dim, spatial x, temporal x, transformer patch, latents_mean, latents_std) of the VAE:
+        latents live in the space (z - mean) / std."""
+        vcfg = vae.config
+        return (int(vcfg.z_dim), int(vcfg.scale_factor_spatial or 8), int(vcfg.scale_factor_temporal or 4),
+                tuple(int(p) for p in transformer.config.patch_size), list(vcfg.latents_mean),
+                list(vcfg.latents_std))
+
+    def _check_channels(self, tcfg, path: Path | None) -> None:
+        if tcfg.in_channels != self.z_dim or (tcfg.out_channels or tcfg.in_channels) != self.z_dim:
+            raise UserError(
+                f"{path or 'model'}: transformer in/out channels {tcfg.in_channels}/{tcfg.out_channels} "
+                f"do not match the VAE z_dim {self.z_dim}; only T2V/TI2V-style Wan models are supported "
+                "(not concat-style image-to-video checkpoints)")
+
+    def _frozen_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        """(name, module) of every frozen model component, for freezing and ``base_state_dict``."""
+        return [(name, m) for name, m in (("transformer", self.transformer), ("vae", self.vae),
+                                          ("text_encoder", self.text_encoder)) if m is not None]
+
+    @classmethod
+    def _load_extra(cls, root: Path, index: dict[str, Any], device: torch.device,
+                    dtype: torch.dtype) -> dict[str, Any]:
+        """Components beyond transformer/VAE/text encoder, as keyword arguments of ``__init__``."""
+        return {}
+
+    #: LoRA target groups of this architecture and the default group
+    LORA_TARGET_GROUPS = TARGET_GROUPS
+    LORA_DEFAULT_TARGETS = ("attn",)
+    #: a regex of module names never adapted (peft's exclude_modules), None: none excluded
+    LORA_EXCLUDE: str | None = None
+    #: model_index.json may hold a second transformer (transformer_2)
+    TWO_EXPERTS = False
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -267,7 +303,7 @@ class WanReasoner:
         import transformers
 
         root = Path(path).expanduser()
-        index = _read_model_index(root)
+        index = _read_model_index(root, two_experts=cls.TWO_EXPERTS)
         flow_shift, num_train_timesteps = _read_flow_shift(root)
         defaults = WanDefaults.from_file(root / DEFAULTS_FILE)
         device = torch.device(device)
@@ -298,8 +334,10 @@ class WanReasoner:
             raise UserError(f"cannot load the tokenizer from {root / 'tokenizer'}: {type(exc).__name__}: {exc}") from None
         for module in (transformer, vae, text_encoder):
             module.to(device)
+        extra = cls._load_extra(root, index, device, dtype)
         return cls(transformer, vae, text_encoder, tokenizer, flow_shift=flow_shift,
-                   num_train_timesteps=num_train_timesteps, defaults=defaults, device=device, path=root)
+                   num_train_timesteps=num_train_timesteps, defaults=defaults, device=device, path=root,
+                   **extra)
 
     @property
     def fps(self) -> int:
@@ -309,6 +347,11 @@ class WanReasoner:
     def sampler_steps(self) -> int:
         """Transformer calls of one default few-step sample (``prepare`` without ``steps``)."""
         return self.defaults.steps
+
+    @property
+    def takes_first_frame(self) -> bool:
+        """Whether ``prepare`` accepts a first frame (TI2V-style conditioning here)."""
+        return True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -368,7 +411,7 @@ class WanReasoner:
 
     @torch.no_grad()
     def encode_text(self, prompt: str) -> torch.Tensor:
-        """UMT5 hidden states, zero after the prompt's length, as WanPipeline does: (1, L, D).
+        """The text encoding of ``prompt`` (``_encode_prompt``, or what ``set_prompt_embeds`` gave).
         The last ``TEXT_CACHE_SIZE`` prompts are kept (best-of-N and TTO's final sample encode
         one prompt once); embeddings given to ``set_prompt_embeds`` are kept until forgotten."""
         if prompt in self._text_cache:
@@ -379,17 +422,21 @@ class WanReasoner:
         if self.text_encoder is None or self.tokenizer is None:
             raise UserError("this reasoner has no text encoder; pass prompt_embeds to prepare() "
                             "or register them with set_prompt_embeds()")
+        hidden = self._encode_prompt(prompt)
+        self._encoded[prompt] = hidden
+        while len(self._encoded) > TEXT_CACHE_SIZE:
+            self._encoded.popitem(last=False)
+        return hidden
+
+    def _encode_prompt(self, prompt: str) -> torch.Tensor:
+        """UMT5 hidden states, zero after the prompt's length, as WanPipeline does: (1, L, D)."""
         length = self.defaults.max_sequence_length
         inputs = self.tokenizer([_prompt_clean(prompt)], padding="max_length", max_length=length,
                                 truncation=True, add_special_tokens=True, return_attention_mask=True,
                                 return_tensors="pt")
         ids, mask = inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
         hidden = self.text_encoder(ids, mask).last_hidden_state
-        hidden = (hidden * mask[..., None].to(hidden.dtype)).to(self._dtype)
-        self._encoded[prompt] = hidden
-        while len(self._encoded) > TEXT_CACHE_SIZE:
-            self._encoded.popitem(last=False)
-        return hidden
+        return (hidden * mask[..., None].to(hidden.dtype)).to(self._dtype)
 
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """latents mean/std on ``device``, copied once (a host-to-device copy per step
@@ -406,17 +453,20 @@ class WanReasoner:
     def _denormalise(self, z: torch.Tensor) -> torch.Tensor:
         return flow.denormalise(z, *self._stats(z.device))
 
-    @torch.no_grad()
-    def encode_image(self, image: np.ndarray, height: int, width: int) -> torch.Tensor:
-        """An RGB image -> its normalised latent (1, C, 1, h, w); resized (Lanczos) if needed."""
+    def image_pixels(self, image: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """An RGB image as the VAE's input (1, 3, 1, H, W) in [-1, 1]; resized (Lanczos) if needed."""
         from PIL import Image
 
         rgb = _as_rgb(image)
         if rgb.shape[:2] != (height, width):
             rgb = np.array(Image.fromarray(rgb).resize((width, height), Image.LANCZOS))
         pixels = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float() / 127.5 - 1.0
-        pixels = pixels[None, :, None].to(self.device, self.vae.dtype)  # (1, 3, 1, H, W)
-        z = self.vae.encode(pixels).latent_dist.mode()
+        return pixels[None, :, None].to(self.device, self.vae.dtype)
+
+    @torch.no_grad()
+    def encode_image(self, image: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """An RGB image -> its normalised latent (1, C, 1, h, w); resized (Lanczos) if needed."""
+        z = self.vae.encode(self.image_pixels(image, height, width)).latent_dist.mode()
         return self._normalise(z.float())
 
     def prepare(self, prompt: str, first_frame: np.ndarray | None, seed: int, *,
@@ -494,11 +544,16 @@ class WanReasoner:
         """One transformer call: (x0_hat, the composed x_t), both float32, frame 0 pinned."""
         first = cond.extra["first_latent"]
         x_t = flow.pin_first_frame(x_t, first)
-        tokens = None if first is None else (cond.extra["tokens_per_frame"], cond.extra["num_tokens"])
-        t = flow.timesteps(sigma, self.num_train_timesteps, tokens, device=self.device)
-        v = self.transformer(hidden_states=x_t.to(self._dtype), timestep=t,
-                             encoder_hidden_states=cond.extra["prompt_embeds"], return_dict=False)[0]
+        v = self._velocity(x_t, sigma, cond)
         return flow.pin_first_frame(flow.x0_from_velocity(x_t, v.float(), sigma), first), x_t
+
+    def _velocity(self, x_t: torch.Tensor, sigma: float, cond: Conditioning) -> torch.Tensor:
+        """The transformer's flow prediction v at noise level ``sigma`` (first frame's tokens at t = 0)."""
+        tokens = (None if cond.extra["first_latent"] is None
+                  else (cond.extra["tokens_per_frame"], cond.extra["num_tokens"]))
+        t = flow.timesteps(sigma, self.num_train_timesteps, tokens, device=self.device)
+        return self.transformer(hidden_states=x_t.to(self._dtype), timestep=t,
+                                encoder_hidden_states=cond.extra["prompt_embeds"], return_dict=False)[0]
 
     def predict_x0(self, cond: Conditioning, mode: str = "first") -> torch.Tensor:
         """The clean latent (normalised, float32) the teacher judges; see ``Reasoner.predict_x0``."""
@@ -615,14 +670,15 @@ class WanReasoner:
     def _resolve_targets(self, targets: Sequence[str] | None) -> list[str]:
         names = [n for n, _ in self.transformer.named_modules()]
         resolved: list[str] = []
-        for target in (targets if targets is not None else ("attn",)):
-            for t in TARGET_GROUPS.get(target, (target,)):
+        groups = self.LORA_TARGET_GROUPS
+        for target in (targets if targets is not None else self.LORA_DEFAULT_TARGETS):
+            for t in groups.get(target, (target,)):
                 if t not in resolved:
                     resolved.append(t)
         for t in resolved:
             if not any(n == t or n.endswith("." + t) for n in names):
-                raise UserError(f"LoRA target {t!r} matches no module of the Wan transformer; use "
-                                f"{sorted(TARGET_GROUPS)} or module names such as {list(ATTENTION_TARGETS[:2])}")
+                raise UserError(f"LoRA target {t!r} matches no module of the transformer; use "
+                                f"{sorted(groups)} or module names such as {list(groups['attn'][:2])}")
         if not resolved:
             raise UserError("LoRA targets are empty")
         return resolved
@@ -645,7 +701,7 @@ class WanReasoner:
         self.remove_lora()
         alpha = float(rank if alpha is None else alpha)
         config = LoraConfig(r=int(rank), lora_alpha=alpha, target_modules=resolved,
-                            init_lora_weights=True, lora_dropout=0.0)
+                            exclude_modules=self.LORA_EXCLUDE, init_lora_weights=True, lora_dropout=0.0)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(seed))
@@ -730,10 +786,7 @@ class WanReasoner:
         not change when a LoRA is attached. The tensors share storage with the model
         (clone them to keep a snapshot)."""
         out: dict[str, torch.Tensor] = {}
-        for prefix, module in (("transformer", self.transformer), ("vae", self.vae),
-                               ("text_encoder", self.text_encoder)):
-            if module is None:
-                continue
+        for prefix, module in self._frozen_modules():
             for name, tensor in module.state_dict(keep_vars=False).items():
                 if "lora_" in name:
                     continue

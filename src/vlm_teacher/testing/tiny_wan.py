@@ -115,6 +115,9 @@ def build_tiny_wan_pipeline(
     steps: int = 4,
     fps: int = 8,
     max_sequence_length: int = 32,
+    image_to_video: bool = False,
+    clip_dim: int | None = None,
+    boundary_ratio: float | None = None,
 ) -> Path:
     """Write a random tiny Wan pipeline folder to ``out_dir`` and return its path.
 
@@ -122,10 +125,16 @@ def build_tiny_wan_pipeline(
     3-axis rotary embedding (a multiple of 6 plus an even rest; 16 works).
     ``height``/``width`` None leaves the size to the first frame at generation time.
     ``scheduler``: "unipc" (UniPCMultistepScheduler, flow_shift, as Wan2.2 ships)
-    or "euler" (FlowMatchEulerDiscreteScheduler, shift)."""
+    or "euler" (FlowMatchEulerDiscreteScheduler, shift).
+
+    The other Wan layouts: ``image_to_video`` builds a concat-style I2V folder
+    (``WanImageToVideoPipeline``, transformer in_channels 2 z_dim + 4, as Wan2.1-I2V);
+    ``clip_dim`` adds a tiny CLIP vision encoder of that width whose penultimate states
+    the transformer attends to (Wan2.1-I2V's ``image_dim``); ``boundary_ratio`` adds a
+    second, low-noise expert ``transformer_2`` (Wan2.2 A14B)."""
     from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
-                           WanPipeline, WanTransformer3DModel)
-    from transformers import UMT5Config, UMT5EncoderModel
+                           WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,10 +145,16 @@ def build_tiny_wan_pipeline(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKLWan(**vae_cfg)
-        transformer = WanTransformer3DModel(
+        z = vae_cfg["z_dim"]
+        experts = [WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=head_dim,
-            in_channels=vae_cfg["z_dim"], out_channels=vae_cfg["z_dim"], text_dim=text_dim,
-            freq_dim=32, ffn_dim=ffn_dim, num_layers=num_layers, rope_max_seq_len=1024)
+            in_channels=2 * z + 4 if image_to_video else z, out_channels=z, text_dim=text_dim,
+            freq_dim=32, ffn_dim=ffn_dim, num_layers=num_layers, rope_max_seq_len=1024,
+            image_dim=clip_dim, added_kv_proj_dim=num_heads * head_dim if clip_dim else None)
+            for _ in range(2 if boundary_ratio is not None else 1)]
+        image_encoder = CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=clip_dim, intermediate_size=2 * clip_dim, num_hidden_layers=2, num_attention_heads=2,
+            image_size=32, patch_size=8)) if clip_dim else None
         text_encoder = UMT5EncoderModel(UMT5Config(
             vocab_size=len(tokenizer), d_model=text_dim, d_kv=max(1, text_dim // text_heads), d_ff=text_ffn_dim,
             num_layers=text_layers, num_heads=text_heads, relative_attention_num_buckets=8,
@@ -152,8 +167,14 @@ def build_tiny_wan_pipeline(
         sched = FlowMatchEulerDiscreteScheduler(shift=flow_shift, num_train_timesteps=1000)
     else:
         raise ValueError(f"scheduler must be 'unipc' or 'euler', got {scheduler!r}")
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched,
-                       transformer=transformer, expand_timesteps=(flavour == "2.2"))
+    parts = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=sched, transformer=experts[0],
+                 transformer_2=experts[1] if len(experts) > 1 else None, boundary_ratio=boundary_ratio)
+    if image_to_video:
+        processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}) \
+            if clip_dim else None
+        pipe = WanImageToVideoPipeline(image_encoder=image_encoder, image_processor=processor, **parts)
+    else:
+        pipe = WanPipeline(expand_timesteps=(flavour == "2.2") and boundary_ratio is None, **parts)
     pipe.save_pretrained(out, safe_serialization=True)
     defaults = {"num_frames": num_frames, "height": height, "width": width, "steps": steps, "fps": fps,
                 "max_sequence_length": max_sequence_length}
