@@ -108,12 +108,9 @@ class BenchConfig:
         return self.teacher if self.teacher is not None else teacher_path()
 
     def tto_config(self):
-        from .optimize import TTOConfig
+        from .optimize import model_tto_config
 
-        try:
-            return TTOConfig(**self.tto)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"bad optimisation setting: {exc}") from None
+        return model_tto_config(self.reasoner_path(), self.tto)
 
     def load_suite(self):
         from .suites import load_suite

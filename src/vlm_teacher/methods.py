@@ -23,6 +23,9 @@ knows the grammar):
   ``tto_lam1`` (goal query only), ``tto_lam0`` (process queries only),
   ``tto_last_step`` / ``tto_all_steps`` (which denoising step gets the
   gradient), ``tto_k<K>`` (K frames shown), ``tto_fixed<S>`` (exactly S updates).
+* ``tto_oracle`` - the same loop with the grid oracle as teacher (log P(Yes) = the
+  scaled MSE of the preview to the ground-truth frames): the optimiser's upper
+  bound, grid suite only.
 * ``solver`` - VLM-as-solver: the teacher rewrites the instruction into a plan
   and the reasoner is conditioned on instruction + plan.
 * ``videotpo[:R]`` - VideoTPO-style test-time prompt optimisation: R rounds of
@@ -218,6 +221,7 @@ class Method:
     name = ""
     uses_teacher = False
     needs_verifier = False
+    checks_preview = False  # with a verifier: also judge the first-step preview of the (adapted) reasoner
     description = ""
 
     def config(self) -> dict[str, Any]:
@@ -233,11 +237,13 @@ class Method:
         _drop_lora(ctx.reasoner)  # a previous TTO run must never leak its adapter into this one
         device = getattr(ctx.reasoner, "device", None)
         counts = {"reasoner": 0, "teacher": 0}
-        with _Meter(device) as meter:
-            try:
+        try:
+            with _Meter(device) as meter:
                 out = self._run(ctx, task, int(seed), counts)
-            finally:
-                _drop_lora(ctx.reasoner)
+            if self.checks_preview and ctx.verifier is not None:
+                out.extra.update(preview_verdict(ctx, task, int(seed)))  # a measurement, outside the cost
+        finally:
+            _drop_lora(ctx.reasoner)
         out.cost = Cost(wall_s=meter.wall_s, reasoner_calls=counts["reasoner"], teacher_calls=counts["teacher"],
                         peak_mem_mb=meter.peak_mb)
         out.extra.setdefault("peak_mem_scope", meter.scope)
@@ -274,6 +280,19 @@ class Method:
         return f"<method {self.name}>"
 
 
+def preview_verdict(ctx: MethodContext, task: Task, seed: int) -> dict[str, Any]:
+    """The verifier's verdict on the first-step prediction, decoded in full, of the reasoner as it
+    stands (with a TTO run's adapter still attached): what the teacher was shown, judged as the
+    video. Set beside the final video's verdict it says whether the preview is the video."""
+    import torch
+
+    cond = ctx.reasoner.prepare(task.prompt, task.first_frame, seed, **ctx.video_shape(task))
+    with torch.no_grad():
+        video = ctx.reasoner.decode(ctx.reasoner.predict_x0(cond, mode="first")).cpu()
+    score = float(ctx.verifier(task, _to_uint8(video)))
+    return {"preview_score": score, "preview_passed": score >= 1.0}
+
+
 def _drop_lora(reasoner: Any) -> None:
     remove = getattr(reasoner, "remove_lora", None)
     if remove is not None:
@@ -289,6 +308,7 @@ def _to_uint8(video) -> np.ndarray:
 # ---------------------------------------------------------------- methods
 class Frozen(Method):
     name = "frozen"
+    checks_preview = True
     description = "the reasoner as shipped: one few-step sample"
 
     def _run(self, ctx, task, seed, counts):
@@ -357,6 +377,7 @@ class TTO(Method):
     """The teacher's test-time optimisation; ``changes`` is the ablation applied to the base config."""
 
     uses_teacher = True
+    checks_preview = True
 
     def __init__(self, name: str = "tto", changes: dict[str, Any] | None = None, description: str = "") -> None:
         self.name = name
@@ -381,10 +402,12 @@ class TTO(Method):
         return {**super().config(), "changes": self.changes}
 
     def _run(self, ctx, task, seed, counts):
+        return self._teach(ctx, ctx.teacher, task, seed, counts, self.tto_config(ctx))
+
+    def _teach(self, ctx, teacher, task, seed, counts, cfg, queries=None):
         from .optimize import teach
 
-        cfg = self.tto_config(ctx)
-        result = teach(ctx.reasoner, ctx.teacher, task, cfg, seed=seed, **ctx.video_shape(task),
+        result = teach(ctx.reasoner, teacher, task, cfg, seed=seed, queries=queries, **ctx.video_shape(task),
                        progress=ctx.progress)
         s = sampler_steps(ctx.reasoner)
         per_x0 = 1 if cfg.x0_mode == "first" else s
@@ -393,6 +416,39 @@ class TTO(Method):
         return MethodOutput(video=_to_uint8(result.video), steps=result.steps, stop_reason=result.stop_reason,
                             history=result.history, queries=result.queries,
                             extra={"updates": result.updates, "seconds": result.seconds, "config": asdict(cfg)})
+
+
+class TTOOracle(TTO):
+    """TTO with a perfect reward: the grid oracle (``suites/grid/oracle.py``, the scaled MSE of the
+    preview to the ground-truth frames) in the teacher's place. Frozen -> tto_oracle is what the loop
+    can deliver; tto_oracle -> tto is what the teacher costs."""
+
+    uses_teacher = False
+    needs_verifier = True
+
+    def tto_config(self, ctx: MethodContext) -> TTOConfig:
+        """The oracle's loss scale is its own (1 on the frozen preview), so tau means nothing to it:
+        it spends the whole step budget."""
+        cfg = super().tto_config(ctx)
+        return cfg if cfg.fixed_steps is not None else replace(cfg, fixed_steps=cfg.max_steps)
+
+    def _run(self, ctx, task, seed, counts):
+        import torch
+
+        from .reasoner.base import uniform_frame_indices
+        from .suites.grid.oracle import OracleTeacher
+        from .suites.grid.verify import as_grid_task
+
+        cfg = self.tto_config(ctx)
+        cond = ctx.reasoner.prepare(task.prompt, task.first_frame, seed, **ctx.video_shape(task))
+        idx = uniform_frame_indices(cond.num_frames, cfg.num_frames_shown)
+        with torch.no_grad():
+            frozen = ctx.reasoner.preview(ctx.reasoner.predict_x0(cond, mode=cfg.x0_mode), idx)
+        counts["reasoner"] += 1 if cfg.x0_mode == "first" else sampler_steps(ctx.reasoner)
+        oracle = OracleTeacher(as_grid_task(task), idx, device=frozen.device).calibrated(frozen)
+        out = self._teach(ctx, oracle, task, seed, counts, cfg, oracle.propose_queries(task.prompt, None))
+        out.extra["oracle_scale"] = oracle.scale
+        return out
 
 
 class Solver(Method):
@@ -480,10 +536,14 @@ _TTO_ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "tto_last_step": ({"x0_mode": "last"}, "optimise the last denoising step"),
     "tto_all_steps": ({"x0_mode": "all"}, "backprop through all denoising steps"),
 }
+#: the TTO variants whose teacher is the grid oracle (a perfect, dense reward)
+_ORACLE_TTO: dict[str, tuple[dict[str, Any], str]] = {
+    "tto_oracle": ({}, "TTO with the grid oracle's reward (MSE to the ground truth): the loop's upper bound"),
+}
 
 #: every name the registry knows; <N>, <R>, <K>, <S> are integers
-METHOD_PATTERNS = ("frozen", "best_of_n[:N]", "oracle_pass_at_n[:N]", *_TTO_ABLATIONS, "tto_k<K>", "tto_fixed<S>",
-                   "solver", "videotpo[:R]")
+METHOD_PATTERNS = ("frozen", "best_of_n[:N]", "oracle_pass_at_n[:N]", *_TTO_ABLATIONS, *_ORACLE_TTO, "tto_k<K>",
+                   "tto_fixed<S>", "solver", "videotpo[:R]")
 
 
 def parse_method(name: str) -> Method:
@@ -512,6 +572,9 @@ def parse_method(name: str) -> Method:
         if base in _TTO_ABLATIONS:
             changes, desc = _TTO_ABLATIONS[base]
             return TTO(base, changes, desc)
+        if base in _ORACLE_TTO:
+            changes, desc = _ORACLE_TTO[base]
+            return TTOOracle(base, changes, desc)
         m = re.fullmatch(r"tto_k(\d+)", base)
         if m:
             k = int(m.group(1))

@@ -17,12 +17,14 @@ Every setting is a field of ``TTOConfig`` with the paper's value as default.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -85,6 +87,31 @@ class TTOConfig:
     @property
     def budget(self) -> int:
         return self.max_steps if self.fixed_steps is None else self.fixed_steps
+
+
+#: a model folder's own TTO settings (fields of TTOConfig), measured for that model
+MODEL_TTO_FILE = "tto.json"
+
+
+def model_tto_config(model_folder: str | Path | None, overrides: dict[str, Any] | None = None) -> TTOConfig:
+    """The paper's defaults, then what ``model_folder/tto.json`` sets (settings measured for that
+    model: the embedded grid reasoner carries its own, real models carry none), then ``overrides``
+    (the user's flags). Raises UserError naming a bad file or setting."""
+    settings: dict[str, Any] = {}
+    path = Path(model_folder) / MODEL_TTO_FILE if model_folder is not None else None
+    if path is not None and path.is_file():
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {path}: {exc}. Fix or delete the file.") from None
+        known = {f.name for f in fields(TTOConfig)}
+        if not isinstance(settings, dict) or set(settings) - known:
+            bad = sorted(set(settings) - known) if isinstance(settings, dict) else settings
+            raise UserError(f"{path}: unknown keys {bad}; allowed keys are {sorted(known)}")
+    try:
+        return TTOConfig(**{**settings, **(overrides or {})})
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad optimisation setting{f' (with {path})' if settings else ''}: {exc}") from None
 
 
 @dataclass
