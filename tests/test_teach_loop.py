@@ -96,3 +96,21 @@ def test_bad_config_is_rejected():
         TTOConfig(lam=1.5)
     with pytest.raises(ValueError):
         TTOConfig(x0_mode="middle")
+
+
+def test_a_model_folder_carries_its_own_tto_settings_and_flags_win(tmp_path):
+    from vlm_teacher.embedded import reasoner_path
+    from vlm_teacher.errors import UserError
+    from vlm_teacher.optimize import MODEL_TTO_FILE, TTOConfig, model_tto_config
+
+    assert model_tto_config(tmp_path) == TTOConfig() == model_tto_config(None)  # real models: the paper's values
+    (tmp_path / MODEL_TTO_FILE).write_text('{"lr": 0.002, "lora_rank": 8}')
+    cfg = model_tto_config(tmp_path, {"lora_rank": 4})
+    assert (cfg.lr, cfg.lora_rank, cfg.tau) == (0.002, 4, TTOConfig().tau)
+    (tmp_path / MODEL_TTO_FILE).write_text('{"learning_rate": 0.002}')
+    with pytest.raises(UserError, match="unknown keys"):
+        model_tto_config(tmp_path)
+    (tmp_path / MODEL_TTO_FILE).write_text('{"lam": 2}')
+    with pytest.raises(UserError, match="lam"):
+        model_tto_config(tmp_path)
+    assert model_tto_config(reasoner_path()).lr != TTOConfig().lr  # the embedded grid reasoner has its own
