@@ -17,7 +17,6 @@ Every setting is a field of ``TTOConfig`` with the paper's value as default.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import resource
@@ -97,17 +96,12 @@ def model_tto_config(model_folder: str | Path | None, overrides: dict[str, Any] 
     """The paper's defaults, then what ``model_folder/tto.json`` sets (settings measured for that
     model: the embedded grid reasoner carries its own, real models carry none), then ``overrides``
     (the user's flags). Raises UserError naming a bad file or setting."""
+    from .files import read_settings
+
     settings: dict[str, Any] = {}
     path = Path(model_folder) / MODEL_TTO_FILE if model_folder is not None else None
     if path is not None and path.is_file():
-        try:
-            settings = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read {path}: {exc}. Fix or delete the file.") from None
-        known = {f.name for f in fields(TTOConfig)}
-        if not isinstance(settings, dict) or set(settings) - known:
-            bad = sorted(set(settings) - known) if isinstance(settings, dict) else settings
-            raise UserError(f"{path}: unknown keys {bad}; allowed keys are {sorted(known)}")
+        settings = read_settings(path, (f.name for f in fields(TTOConfig)))
     try:
         return TTOConfig(**{**settings, **(overrides or {})})
     except (TypeError, ValueError) as exc:
