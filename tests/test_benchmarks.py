@@ -87,3 +87,29 @@ def test_extra_agent_places_reads_where_a_second_agent_stands():
     assert extra_agent_places(task, with_agent_at(off, 2)) == ("right cell", "off the path")
     assert extra_agent_places(task, with_agent_at(path[1], 2)) == ("right cell", "previous cell")
     assert extra_agent_places(task, with_agent_at(path[3], 2)) == ("right cell", "later on the path")
+
+
+def test_grid_vae_roundtrip_writes_its_table(tmp_path, tiny_wan_dir):
+    _run("grid_vae_roundtrip.py", "--reasoner", str(tiny_wan_dir), "--splits", "test", "--tasks", "1",
+         "--out-dir", str(tmp_path))
+    md = (tmp_path / "grid_vae_roundtrip.md").read_text()
+    assert "| test | 2 |" in md and "Command: `python benchmarks/grid_vae_roundtrip.py --reasoner" in md
+    rows = json.loads((tmp_path / "grid_vae_roundtrip.json").read_text())["rows"]
+    assert rows[0]["tasks"] == 2 and 0.0 <= rows[0]["pass"] <= 1.0
+
+
+def test_grid_preview_table_counts_only_tasks_every_method_covers():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from grid_preview_table import table
+
+    def row(task, method, passed, preview):
+        return {"status": "done", "suite": "grid:test", "task_id": task, "method": method, "seed": 0,
+                "passed": passed, "score": 1.0 if passed else 0.5, "steps": 0, "seconds": 1.0,
+                "extra": {"method_extra": {"preview_passed": preview, "preview_score": 1.0 if preview else 0.5}}}
+
+    rows = [row("a", "frozen", 0, 0), row("b", "frozen", 1, 0), row("c", "frozen", 0, 0),
+            row("a", "tto", 1, 1), row("b", "tto", 1, 1)]
+    got = {r["method"]: r for r in table(rows, ["frozen", "tto"])}
+    assert got["frozen"]["tasks"] == got["tto"]["tasks"] == 2  # task c has no tto row
+    assert got["frozen"]["final_pass"] == 0.5 and got["frozen"]["preview_pass"] == 0.0
+    assert got["frozen"]["agree"] == 0.5 and got["tto"]["agree"] == 1.0

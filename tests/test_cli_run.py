@@ -43,6 +43,29 @@ def test_run_with_given_queries_and_frames(tiny_wan_dir, tiny_qwen25_dir, first_
     assert json.loads((out / "queries.json").read_text())["goal"] == "Is the goal reached?"
 
 
+def test_run_honours_the_reasoner_folders_tto_json_under_its_flags(tiny_wan_dir, tiny_qwen25_dir, first_frame_png,
+                                                                    tmp_path, capsys):
+    import shutil
+
+    from vlm_teacher.optimize import MODEL_TTO_FILE, TTOConfig
+
+    wan = tmp_path / "wan"
+    shutil.copytree(tiny_wan_dir, wan)
+    (wan / MODEL_TTO_FILE).write_text('{"lr": 0.002, "lora_rank": 8, "tau": 0.5}')
+    qfile = tmp_path / "q.json"
+    qfile.write_text(json.dumps({"goal": "Is the goal reached?", "process": ["Is motion valid?"]}))
+    out = tmp_path / "out"
+    assert main(_run_args(wan, tiny_qwen25_dir, first_frame_png, out, "--queries", str(qfile), "--rank", "4",
+                          "--tau", "-1")) == 0
+    config = json.loads((out / "history.json").read_text())["config"]
+    # paper defaults < the folder's tto.json < flags
+    assert (config["lr"], config["lora_rank"], config["tau"], config["lam"]) == (0.002, 4, -1.0, TTOConfig().lam)
+    (wan / MODEL_TTO_FILE).write_text('{"lam": 2}')
+    assert main(_run_args(wan, tiny_qwen25_dir, first_frame_png, tmp_path / "out2", "--queries", str(qfile))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bad optimisation setting") and MODEL_TTO_FILE in err and "\n" not in err
+
+
 @pytest.mark.parametrize("case", ["missing_image", "unreadable_image", "empty_prompt", "not_wan", "not_qwen",
                                   "bad_frames", "bad_queries"])
 def test_bad_input_one_line_error(case, tiny_wan_dir, tiny_qwen25_dir, first_frame_png, tmp_path, capsys):

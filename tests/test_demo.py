@@ -1,5 +1,5 @@
 """`vlm-teacher demo` end to end on tiny random models (the embedded ones are tested by
-the recipes' tests): three methods on held-out grid tasks, a table, a report, resumable."""
+the recipes' tests): four methods on held-out grid tasks, a table, a report, resumable."""
 
 from __future__ import annotations
 
@@ -38,15 +38,15 @@ def test_demo_runs_and_resumes(tmp_path, capsys, tiny_wan_dir, tiny_qwen25_dir):
     text = capsys.readouterr().out
     n = json.loads((out / "demo.json").read_text())["best_of_n"]
     table = text[text.index("pass rate"):]
-    for method in ("frozen", f"best_of_n:{n}", "tto"):
+    for method in ("frozen", f"best_of_n:{n}", "tto", "tto_oracle"):
         assert method in table
     assert (out / "report.html").is_file()
     videos = sorted((out / "runs").rglob("video.mp4"))
-    assert len(videos) == 2 * 3
+    assert len(videos) == 2 * 4
     mtimes = [v.stat().st_mtime_ns for v in videos]
     # a second call finds everything done: nothing re-runs, the same table is printed
     assert main(args) == 0
     again = capsys.readouterr().out
-    assert "6 already done, 0 ran now" in again
+    assert "8 already done, 0 ran now" in again
     assert again[again.index("pass rate"):] == table
     assert [v.stat().st_mtime_ns for v in sorted((out / "runs").rglob("video.mp4"))] == mtimes

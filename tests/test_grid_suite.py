@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -35,6 +36,9 @@ from vlm_teacher.video import read_video, write_image
 
 families = st.sampled_from(FAMILIES)
 splits = st.sampled_from(SPLITS)
+# computed with the code at 024e88a (before issue 14): grid_tasks("test", n=25) and grid_tasks("ood", n=25)
+TEST_25_DIGEST = "8bc3925b96b2ff59"
+OOD8_25_DIGEST = "58134214be5d3f78"
 indices = st.integers(min_value=0, max_value=5000)
 
 
@@ -90,12 +94,12 @@ def test_generation_is_deterministic_and_prefix_stable():
 
 
 def test_ids_are_unique_across_splits_and_default_counts():
-    test, ood = grid_tasks("test"), grid_tasks("ood")
+    test, ood, ood8 = grid_tasks("test"), grid_tasks("ood"), grid_tasks("ood8")
     train = grid_tasks("train", n=60)
-    assert len(test) == len(ood) == 50  # 25 per family by default
-    ids = [t.id for t in train + test + ood]
+    assert len(test) == 100 and len(ood) == len(ood8) == 50  # 50 / 25 / 25 per family by default
+    ids = [t.id for t in train + test + ood + ood8]
     assert len(ids) == len(set(ids))
-    assert all(re.fullmatch(r"(maze|push)-(train|test|ood)-\d{5}", i) for i in ids)
+    assert all(re.fullmatch(r"(maze|push)-(train|test|ood|ood8)-\d{5}", i) for i in ids)
     # disjoint seeds: no test layout is also a training layout
     assert {t.state for t in test}.isdisjoint({t.state for t in train})
 
@@ -110,8 +114,11 @@ def test_every_task_respects_its_split(family, split, index):
     assert len(t.solution) == _shortest_length(t)
     assert t.num_frames == num_frames_for(len(t.solution)) and (t.num_frames - 1) % 4 == 0
     assert t.num_frames >= len(t.solution) + 1
-    if split == "ood":
+    if split == "ood8":
         assert t.size == 8 and 9 <= len(t.solution) <= 16 and t.num_frames in (13, 17)
+    elif split == "ood":
+        assert t.size == 6 and 7 <= len(t.solution) <= 8 and t.num_frames == 9
+        assert len(t.state.walls) >= (15 if family == "maze" else 8)  # in-domain: at most 14 / 7
     else:
         assert t.size == 6 and 2 <= len(t.solution) <= 8 and t.num_frames == 9
         assert t.goal_colour != "magenta"  # the colour kept back for the ood split
@@ -122,6 +129,20 @@ def test_every_task_respects_its_split(family, split, index):
         assert t.state.box is not None and len(t.state.targets) == 1
         assert f"the {t.goal_colour} pad" in t.prompt
     assert t.goal_colour in t.state.colours
+
+
+def test_the_first_25_test_and_ood8_tasks_per_family_are_the_ones_earlier_figures_used():
+    # fingerprints of grid_tasks("test", n=25) and of the former grid_tasks("ood", n=25) (now ood8)
+    # before issue 14 grew the test split and replaced the ood split
+    def digest(tasks, split_as=None):
+        rows = [{**t.to_metadata(), **({"split": split_as, "id": t.id.replace("ood8", split_as)} if split_as else {})}
+                for t in tasks]
+        for r in rows:
+            r.pop("ood_shift")
+        return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+
+    assert digest(grid_tasks("test", n=25)) == TEST_25_DIGEST
+    assert digest(grid_tasks("ood8", n=25), split_as="ood") == OOD8_25_DIGEST
 
 
 def test_ood_names_a_colour_never_named_in_domain():
@@ -166,7 +187,7 @@ def test_instruction_changes_the_solution():
 # -- rendering ----------------------------------------------------------------
 
 def test_render_shapes_and_colours():
-    t = make_task("push", "ood", 3)
+    t = make_task("push", "ood8", 3)
     img = render_state(t.state)
     assert img.shape == (8 * CELL, 8 * CELL, 3) and img.dtype == np.uint8
     r, c = t.state.agent

@@ -70,6 +70,7 @@ EXPECTED = {
     "tto_all_steps": (2, 3 * S + S, 1 + 3),
     "tto_k3": (2, 3 * 1 + S, 1 + 3),
     "tto_fixed1": (1, 2 + S, 1 + 2),
+    "tto_oracle": (2, 1 + 3 * 1 + S, 3),          # + the frozen preview that sets the oracle's scale; its calls, no queries
     "solver": (1, S, 1),
     "videotpo:1": (1, 2 * S, 1),                  # two candidates, one comparison
 }
@@ -102,6 +103,11 @@ def test_every_method_gives_a_video_and_honest_cost(ctx, task, name):
         assert all(len(h["p_yes"]) == n_q for h in out.history)
     if name.startswith("tto_generic"):
         assert out.queries.source == "generic"
+    if name in ("frozen", "tto_fixed1", "tto_oracle"):  # the first-step preview's verdict, beside the video's
+        assert 0.0 <= out.extra["preview_score"] <= 1.0 and out.extra["preview_passed"] == (out.extra["preview_score"] == 1)
+    if name == "tto_oracle":
+        assert out.queries.source == "oracle" and out.extra["oracle_scale"] > 0
+        assert out.history[0]["loss"] == pytest.approx(1.0, rel=1e-4)  # calibrated on the frozen preview
     if name == "tto_k3":
         assert out.extra["config"]["num_frames_shown"] == 3
     if name.startswith("best_of_n"):
@@ -173,13 +179,13 @@ def test_parse_comparison():
 
 
 def test_methods_generate_at_the_size_the_task_records(tiny_wan_dir):
-    """An 8x8 ood grid task is 128 px: methods must generate at that size, not at the
+    """An 8x8 ood8 grid task is 128 px: methods must generate at that size, not at the
     reasoner's default, or the verifier reads cells of the wrong size."""
     from vlm_teacher.methods import MethodContext, get_method
     from vlm_teacher.reasoner import load_reasoner
     from vlm_teacher.suites.grid import grid_tasks
 
-    task = grid_tasks("ood", n=1, families=("maze",))[0].to_task()
+    task = grid_tasks("ood8", n=1, families=("maze",))[0].to_task()
     assert (task.metadata["height"], task.metadata["width"]) == (128, 128)
     ctx = MethodContext(reasoner=load_reasoner(tiny_wan_dir))
     assert ctx.video_shape(task) == {"num_frames": task.metadata["num_frames"], "height": 128, "width": 128}

@@ -51,7 +51,7 @@ def test_recipe_writes_a_loadable_wan_folder(straight_run):
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
     defaults = json.loads((folder / "vlm_teacher.json").read_text())
     assert (defaults["num_frames"], defaults["height"], defaults["width"], defaults["steps"], defaults["fps"]) \
-        == (9, 96, 96, 4, 8)
+        == (9, 96, 96, 1, 8)  # 1 sampler step: the video is the first-step prediction
     reasoner = load_reasoner(folder)
     assert reasoner.scale_temporal == 1  # the default --vae-temporal
     task = grid_tasks("test", n=1)[0]

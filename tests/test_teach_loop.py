@@ -96,3 +96,25 @@ def test_bad_config_is_rejected():
         TTOConfig(lam=1.5)
     with pytest.raises(ValueError):
         TTOConfig(x0_mode="middle")
+
+
+def test_a_model_folder_carries_its_own_tto_settings_and_flags_win(tmp_path):
+    from vlm_teacher.bench import BenchConfig
+    from vlm_teacher.embedded import reasoner_path
+    from vlm_teacher.errors import UserError
+    from vlm_teacher.optimize import MODEL_TTO_FILE, TTOConfig, tto_config
+
+    assert tto_config({}, tmp_path) == TTOConfig() == tto_config()  # real models: the paper's values
+    (tmp_path / MODEL_TTO_FILE).write_text('{"lr": 0.002, "lora_rank": 8}')
+    cfg = tto_config({"lora_rank": 4}, tmp_path)
+    assert (cfg.lr, cfg.lora_rank, cfg.tau) == (0.002, 4, TTOConfig().tau)
+    # bench reads the same layers: its reasoner folder's file under its --tto flags
+    bench = BenchConfig(suite="grid:test", methods=["tto"], out=tmp_path / "b", reasoner=tmp_path, tto={"tau": 0.1})
+    assert (bench.tto_config().lr, bench.tto_config().lora_rank, bench.tto_config().tau) == (0.002, 8, 0.1)
+    (tmp_path / MODEL_TTO_FILE).write_text('{"learning_rate": 0.002}')
+    with pytest.raises(UserError, match="unknown keys"):
+        tto_config({}, tmp_path)
+    (tmp_path / MODEL_TTO_FILE).write_text('{"lam": 2}')
+    with pytest.raises(UserError, match="lam"):
+        tto_config({}, tmp_path)
+    assert tto_config({}, reasoner_path()).lr != TTOConfig().lr  # the embedded grid reasoner has its own

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 @contextmanager
@@ -86,3 +86,19 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_settings(path: Path, allowed: Iterable[str]) -> dict[str, Any]:
+    """A JSON object of settings whose keys are all in ``allowed`` (a dataclass's field names);
+    a clear UserError for an unreadable file or an unknown key."""
+    from .errors import UserError
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}. Fix or delete the file.") from None
+    known = set(allowed)
+    if not isinstance(raw, dict) or set(raw) - known:
+        bad = sorted(set(raw) - known) if isinstance(raw, dict) else raw
+        raise UserError(f"{path}: unknown keys {bad}; allowed keys are {sorted(known)}")
+    return raw

@@ -23,6 +23,9 @@ knows the grammar):
   ``tto_lam1`` (goal query only), ``tto_lam0`` (process queries only),
   ``tto_last_step`` / ``tto_all_steps`` (which denoising step gets the
   gradient), ``tto_k<K>`` (K frames shown), ``tto_fixed<S>`` (exactly S updates).
+* ``tto_oracle`` - the same loop with the grid oracle as teacher (log P(Yes) = the
+  scaled MSE of the preview to the ground-truth frames): the optimiser's upper
+  bound, grid suite only.
 * ``solver`` - VLM-as-solver: the teacher rewrites the instruction into a plan
   and the reasoner is conditioned on instruction + plan.
 * ``videotpo[:R]`` - VideoTPO-style test-time prompt optimisation: R rounds of
@@ -50,7 +53,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .optimize import TTOConfig
+from .optimize import TTOConfig, x0_calls
 from .reasoner.base import Reasoner, uniform_frame_indices
 from .runtime import MemoryMeter
 from .task import Queries, Task
@@ -159,6 +162,7 @@ class Method:
     name = ""
     uses_teacher = False
     needs_verifier = False
+    checks_preview = False  # with a verifier: also judge the first-step preview of the (adapted) reasoner
     description = ""
 
     def config(self) -> dict[str, Any]:
@@ -173,11 +177,13 @@ class Method:
             raise UserError(f"method {self.name} needs a suite with a verifier (the grid suite)")
         ctx.reasoner.remove_lora()  # a previous TTO run must never leak its adapter into this one
         counts = {"reasoner": 0, "teacher": 0}
-        with MemoryMeter(ctx.reasoner.device) as meter:
-            try:
+        try:
+            with MemoryMeter(ctx.reasoner.device) as meter:
                 out = self._run(ctx, task, int(seed), counts)
-            finally:
-                ctx.reasoner.remove_lora()
+            if self.checks_preview and ctx.verifier is not None:
+                out.extra.update(preview_verdict(ctx, task, int(seed)))  # a measurement, outside the cost
+        finally:
+            ctx.reasoner.remove_lora()
         out.cost = Cost(wall_s=meter.wall_s, reasoner_calls=counts["reasoner"], teacher_calls=counts["teacher"],
                         peak_mem_mb=meter.peak_mb)
         out.extra.setdefault("peak_mem_scope", meter.scope)
@@ -212,6 +218,17 @@ class Method:
         return f"<method {self.name}>"
 
 
+def preview_verdict(ctx: MethodContext, task: Task, seed: int) -> dict[str, Any]:
+    """The verifier's verdict on the first-step prediction, decoded in full, of the reasoner as it
+    stands (with a TTO run's adapter still attached): what the teacher was shown, judged as the
+    video. Set beside the final video's verdict it says whether the preview is the video."""
+    cond = ctx.reasoner.prepare(task.prompt, task.first_frame, seed, **ctx.video_shape(task))
+    with torch.no_grad():
+        video = ctx.reasoner.decode(ctx.reasoner.predict_x0(cond, mode="first")).cpu()
+    score = float(ctx.verifier(task, _to_uint8(video)))
+    return {"preview_score": score, "preview_passed": score >= 1.0}
+
+
 def _to_uint8(video) -> np.ndarray:
     from .video import to_uint8
 
@@ -221,6 +238,7 @@ def _to_uint8(video) -> np.ndarray:
 # ---------------------------------------------------------------- methods
 class Frozen(Method):
     name = "frozen"
+    checks_preview = True
     description = "the reasoner as shipped: one few-step sample"
 
     def _run(self, ctx, task, seed, counts):
@@ -289,6 +307,7 @@ class TTO(Method):
     """The teacher's test-time optimisation; ``changes`` is the ablation applied to the base config."""
 
     uses_teacher = True
+    checks_preview = True
 
     def __init__(self, name: str = "tto", changes: dict[str, Any] | None = None, description: str = "") -> None:
         self.name = name
@@ -313,16 +332,48 @@ class TTO(Method):
         return {**super().config(), "changes": self.changes}
 
     def _run(self, ctx, task, seed, counts):
+        return self._teach(ctx, ctx.teacher, task, seed, counts, self.tto_config(ctx))
+
+    def _teach(self, ctx, teacher, task, seed, counts, cfg, queries=None):
         from .optimize import teach
 
-        cfg = self.tto_config(ctx)
-        result = teach(ctx.reasoner, ctx.teacher, task, cfg, seed=seed, **ctx.video_shape(task),
+        result = teach(ctx.reasoner, teacher, task, cfg, seed=seed, queries=queries, **ctx.video_shape(task),
                        progress=ctx.progress)
         counts["reasoner"] += int(result.cost["reasoner_calls"])
         counts["teacher"] += int(result.cost["teacher_calls"])
         return MethodOutput(video=_to_uint8(result.video), steps=result.steps, stop_reason=result.stop_reason,
                             history=result.history, queries=result.queries,
                             extra={"updates": result.updates, "seconds": result.seconds, "config": asdict(cfg)})
+
+
+class TTOOracle(TTO):
+    """TTO with a perfect reward: the grid oracle (``suites/grid/oracle.py``, the scaled MSE of the
+    preview to the ground-truth frames) in the teacher's place. Frozen -> tto_oracle is what the loop
+    can deliver; tto_oracle -> tto is what the teacher costs."""
+
+    uses_teacher = False
+    needs_verifier = True
+
+    def tto_config(self, ctx: MethodContext) -> TTOConfig:
+        """The oracle's loss scale is its own (1 on the frozen preview), so tau means nothing to it:
+        it spends the whole step budget."""
+        cfg = super().tto_config(ctx)
+        return cfg if cfg.fixed_steps is not None else replace(cfg, fixed_steps=cfg.max_steps)
+
+    def _run(self, ctx, task, seed, counts):
+        from .suites.grid.oracle import OracleTeacher
+        from .suites.grid.verify import as_grid_task
+
+        cfg = self.tto_config(ctx)
+        cond = ctx.reasoner.prepare(task.prompt, task.first_frame, seed, **ctx.video_shape(task))
+        idx = uniform_frame_indices(cond.num_frames, cfg.num_frames_shown)
+        with torch.no_grad():
+            frozen = ctx.reasoner.preview(ctx.reasoner.predict_x0(cond, mode=cfg.x0_mode), idx)
+        counts["reasoner"] += x0_calls(cfg.x0_mode, cond.steps)
+        oracle = OracleTeacher(as_grid_task(task), idx, device=frozen.device).calibrated(frozen)
+        out = self._teach(ctx, oracle, task, seed, counts, cfg, oracle.propose_queries(task.prompt, None))
+        out.extra["oracle_scale"] = oracle.scale
+        return out
 
 
 class Solver(Method):
@@ -447,6 +498,8 @@ register_method("oracle_pass_at_n", _counted("oracle_pass_at_n", "N", DEFAULT_N,
                 "oracle_pass_at_n[:N]")
 for _name, (_changes, _desc) in _TTO_ABLATIONS.items():
     register_method(_name, no_argument(lambda n=_name, c=_changes, d=_desc: TTO(n, c, d)))
+register_method("tto_oracle", no_argument(lambda: TTOOracle(
+    "tto_oracle", {}, "TTO with the grid oracle's reward (MSE to the ground truth): the loop's upper bound")))
 METHOD_PATTERNS = (*METHOD_PATTERNS, "tto_k<K>", "tto_fixed<S>")
 register_method("solver", no_argument(Solver))
 register_method("videotpo", _counted("videotpo", "R", DEFAULT_TPO_ROUNDS, VideoTPO), "videotpo[:R]")

@@ -18,7 +18,8 @@ budget, the last update is scored once more without a gradient (``TTOResult.fina
 in the cost) before the video is generated. ``steps`` and ``updates`` stay the paper's
 counts (a fixed budget of S is S updates; S = 0 is the frozen model).
 
-Every setting is a field of ``TTOConfig`` with the paper's value as default.
+Every setting is a field of ``TTOConfig`` with the paper's value as default; a model folder's
+``tto.json`` may set its own (``tto_config``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -88,12 +90,25 @@ class TTOConfig:
         return self.max_steps if self.fixed_steps is None else self.fixed_steps
 
 
-def tto_config(changes: dict[str, Any]) -> TTOConfig:
-    """The paper's TTOConfig with ``changes`` applied; a bad setting is a UserError."""
+#: a model folder's own TTO settings (fields of TTOConfig), measured for that model
+MODEL_TTO_FILE = "tto.json"
+
+
+def tto_config(changes: dict[str, Any] | None = None, model_folder: str | Path | None = None) -> TTOConfig:
+    """The one settings -> TTOConfig mapping (``vlm-teacher run`` and ``bench``): the paper's
+    defaults, then what ``model_folder/tto.json`` sets (settings measured for that model: the
+    embedded grid reasoner carries its own, real models none), then ``changes`` (the user's
+    flags). A bad file or setting is a UserError naming it."""
+    from .files import read_settings
+
+    settings: dict[str, Any] = {}
+    path = Path(model_folder) / MODEL_TTO_FILE if model_folder is not None else None
+    if path is not None and path.is_file():
+        settings = read_settings(path, (f.name for f in fields(TTOConfig)))
     try:
-        return TTOConfig(**changes)
+        return TTOConfig(**{**settings, **(changes or {})})
     except (TypeError, ValueError) as exc:
-        raise UserError(f"bad optimisation setting: {exc}") from None
+        raise UserError(f"bad optimisation setting{f' (with {path})' if settings else ''}: {exc}") from None
 
 
 @dataclass
@@ -358,5 +373,9 @@ def count_reasoner_calls(x0_mode: str, sampler_steps: int, evaluated_steps: int)
     """Transformer forward passes of a TTO run (the one place that counts them): each evaluated
     step's ``predict_x0`` (one call at ``first``, the whole sampler otherwise) plus the final
     few-step sample; ``sampler_steps`` is the prepared sampler's (``Conditioning.steps``)."""
-    per_x0 = 1 if x0_mode == "first" else sampler_steps
-    return evaluated_steps * per_x0 + sampler_steps
+    return evaluated_steps * x0_calls(x0_mode, sampler_steps) + sampler_steps
+
+
+def x0_calls(x0_mode: str, sampler_steps: int) -> int:
+    """Transformer forward passes of one ``predict_x0``: one at ``first``, the whole sampler otherwise."""
+    return 1 if x0_mode == "first" else sampler_steps

@@ -26,8 +26,8 @@ class BenchConfig:
     """Everything an instance needs, picklable (Ray actors rebuild their context from it).
 
     ``reasoner`` / ``teacher`` None mean the embedded models. ``tto`` overrides
-    fields of ``TTOConfig`` for every TTO-family method (for example a smaller
-    step budget). ``judge`` holds ``JudgeConfig`` fields (RULER only).
+    fields of ``TTOConfig`` (over the reasoner folder's ``tto.json``) for every
+    TTO-family method (for example a smaller step budget). ``judge`` holds ``JudgeConfig`` fields (RULER only).
     """
 
     suite: str
@@ -70,7 +70,8 @@ class BenchConfig:
         return self.teacher if self.teacher is not None else teacher_path()
 
     def tto_config(self) -> TTOConfig:
-        return tto_config(self.tto)
+        """The base TTOConfig: the paper's, then the reasoner folder's tto.json, then ``tto``."""
+        return tto_config(self.tto, self.reasoner_path())
 
     def load_suite(self):
         from ..suites import load_suite

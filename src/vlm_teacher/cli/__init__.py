@@ -46,7 +46,7 @@ def cmd_run(args) -> int:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"cannot use --queries {args.queries}: {exc}. Expected JSON {{\"goal\": str, \"process\": [str, ...]}}") from None
     check_num_frames(args.frames)
-    config = tto_config(tto_changes(args))
+    config = tto_config(tto_changes(args), args.reasoner)  # validated before any model loads
     device, dtype = device_and_dtype(args.device, args.dtype)
     if not args.verbose:
         quiet_libraries()

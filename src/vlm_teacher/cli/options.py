@@ -1,4 +1,5 @@
-"""Command-line options shared by several commands: the models, and the TTO flags -> TTOConfig mapping."""
+"""Command-line options shared by several commands: the models, and the TTO flags (``tto_changes``,
+which ``optimize.tto_config`` lays over the model's tto.json and the paper's defaults)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_tto_args(p: argparse.ArgumentParser, *, generic_queries: bool = False) -> None:
-    """The TTO flags; each defaults to None, meaning the paper's value (shown in the help)."""
+    """The TTO flags; each defaults to None, meaning the reasoner folder's ``tto.json`` if it sets
+    the field, else the paper's value (shown in the help)."""
     from ..optimize import X0_MODES, TTOConfig
 
     d = TTOConfig()
-    g = p.add_argument_group("test-time optimisation (default: the paper's values)")
+    g = p.add_argument_group("test-time optimisation (default: the reasoner folder's tto.json, else the paper's values)")
     g.add_argument("--steps", type=int, default=None, help=f"N, the step budget ({d.max_steps})")
     g.add_argument("--fixed-steps", type=int, default=None, help="run exactly this many updates, ignoring tau")
     g.add_argument("--tau", type=float, default=None, help=f"stop when loss <= tau ({d.tau})")
@@ -42,7 +44,7 @@ def add_tto_args(p: argparse.ArgumentParser, *, generic_queries: bool = False) -
 
 
 def tto_changes(args: argparse.Namespace) -> dict[str, Any]:
-    """The TTOConfig fields the flags change from the paper's defaults."""
+    """The TTOConfig fields the flags set (over the model's tto.json and the paper's defaults)."""
     changes = {field: getattr(args, flag) for flag, field in TTO_FLAGS.items() if getattr(args, flag) is not None}
     if getattr(args, "generic_queries", False):
         changes["queries"] = "generic"

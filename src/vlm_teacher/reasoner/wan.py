@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..files import atomic_path, write_json
+from ..files import atomic_path, read_settings, write_json
 from . import flow
 from .base import X0_MODES, Conditioning, check_num_frames, device_index
 from .flow import shifted_sigmas
@@ -77,14 +77,7 @@ class WanDefaults:
     def from_file(cls, path: Path) -> "WanDefaults":
         if not path.is_file():
             return cls()
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read {path}: {exc}. Fix or delete the file.") from None
-        known = {f.name for f in fields(cls)}
-        if not isinstance(raw, dict) or set(raw) - known:
-            bad = sorted(set(raw) - known) if isinstance(raw, dict) else raw
-            raise UserError(f"{path}: unknown keys {bad}; allowed keys are {sorted(known)}")
+        raw = read_settings(path, (f.name for f in fields(cls)))
         for key, value in raw.items():
             if value is None and key in ("height", "width"):
                 continue

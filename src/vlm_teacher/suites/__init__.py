@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import UserError
 from ..task import Task
 
-SUITE_SPECS = ("grid:<train|test|ood>", "vbvr:<dataset root>", "ruler:<dataset root>")
+SUITE_SPECS = ("grid:<train|test|ood|ood8>", "vbvr:<dataset root>", "ruler:<dataset root>")
 
 
 @dataclass

@@ -7,8 +7,9 @@ default models).
     verdict = verify(task, task.video())          # Verdict(score=1.0, passed=True, ...)
 
 Families: ``maze`` (walk to the named target), ``push`` (push the box onto the
-named pad). Splits: ``train``, ``test`` (in-domain), ``ood`` (bigger grids,
-longer solutions, an unseen goal colour).
+named pad). Splits: ``train``, ``test`` (in-domain), ``ood`` (an unseen goal
+colour, the longest solutions, more walls, new layouts, at the in-domain size)
+and ``ood8`` (the former ood split: 8x8 grids, 9-16 moves).
 """
 
 from .corrupt import CORRUPTIONS, corrupt

@@ -7,9 +7,16 @@ asked for and the splits never share a stream):
 - ``train`` / ``test``: in-domain, 6x6 grids (96 px), solutions of 2-8 moves
   (9 frames). The named goal colour is red, green or yellow. Magenta appears
   only as a distractor target, never as the goal.
-- ``ood``: 8x8 grids (128 px), solutions of 9-16 moves (13 or 17 frames), and
-  the goal colour is drawn from all four, so about a quarter of the tasks name
-  magenta: a colour/role combination never seen in-domain.
+- ``ood``: what VBVR's out-of-domain half shifts, at the size the embedded
+  reasoner draws (6x6, 96 px, 9 frames): the goal colour is drawn from all four,
+  so about a quarter of the tasks name magenta (a colour/role combination never
+  seen in-domain); only the longest solutions that fit the 9 frames (7-8 moves;
+  in-domain has 2-8); more walls (mazes 15-18 of 36 cells, in-domain 9-14; push
+  8-10, in-domain 2-7); and layouts from their own random streams.
+- ``ood8``: the earlier ood split (until issue 14 it was ``ood``): 8x8 grids
+  (128 px), solutions of 9-16 moves (13 or 17 frames), all four goal colours.
+  The embedded reasoner draws 6x6 grids in 9 frames only, so it fails every
+  task there from frame 1.
 
 Families: ``maze`` (reach the named target square, BFS shortest path) and
 ``push`` (push the box onto the named pad, BFS over (agent, box) states).
@@ -29,7 +36,7 @@ from .solve import bfs, distances, solve
 from .state import FAMILIES, MOVES, GridState, Pos, manhattan
 
 SCHEMA_VERSION = 1
-SPLITS = ("train", "test", "ood")
+SPLITS = ("train", "test", "ood", "ood8")
 IN_DOMAIN_GOALS = ("red", "green", "yellow")
 
 
@@ -39,16 +46,22 @@ class SplitSpec:
     min_len: int  # solution length range (moves), inclusive
     max_len: int
     goal_colours: tuple[str, ...]
+    stream: int  # the split's part of every task's random seed (never reused by another split)
     shift: tuple[str, ...] = ()  # what is out-of-domain about it, for reports
+    maze_walls: tuple[float, float] = (0.25, 0.4)  # wall cells, as fractions of the grid, inclusive
+    push_walls: tuple[float, float] = (0.08, 0.2)
 
 
 SPLIT_SPECS: dict[str, SplitSpec] = {
-    "train": SplitSpec(6, 2, 8, IN_DOMAIN_GOALS),
-    "test": SplitSpec(6, 2, 8, IN_DOMAIN_GOALS),
-    "ood": SplitSpec(8, 9, 16, TARGET_COLOURS, shift=("grid_size", "solution_length", "goal_colour")),
+    "train": SplitSpec(6, 2, 8, IN_DOMAIN_GOALS, stream=1),
+    "test": SplitSpec(6, 2, 8, IN_DOMAIN_GOALS, stream=2),
+    "ood": SplitSpec(6, 7, 8, TARGET_COLOURS, stream=4, maze_walls=(0.42, 0.5), push_walls=(0.23, 0.28),
+                     shift=("goal_colour", "solution_length", "walls", "layout")),
+    # the stream the ood split had before issue 14, so these are the same tasks as then
+    "ood8": SplitSpec(8, 9, 16, TARGET_COLOURS, stream=3, shift=("grid_size", "solution_length", "goal_colour")),
 }
-# tasks per family when grid_tasks(n=None): test + ood = 50 in-domain + 50 out-of-domain, as in VBVR-Bench
-DEFAULT_COUNTS = {"train": 500, "test": 25, "ood": 25}
+# tasks per family when grid_tasks(n=None): 100 in-domain test tasks and 50 out-of-domain
+DEFAULT_COUNTS = {"train": 500, "test": 50, "ood": 25, "ood8": 25}
 _MAX_ATTEMPTS = 10_000
 DETOUR_FRACTION = 0.75  # maze goals whose shortest path must bend around walls
 
@@ -205,7 +218,8 @@ class GridTask:
 # -- generation ---------------------------------------------------------------
 
 def _rng(seed: int, family: str, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, FAMILIES.index(family) + 1, SPLITS.index(split) + 1, index]))
+    return np.random.default_rng(np.random.SeedSequence([seed, FAMILIES.index(family) + 1, SPLIT_SPECS[split].stream,
+                                                         index]))
 
 
 def _random_walls(rng: np.random.Generator, n: int, count: int) -> frozenset[Pos] | None:
@@ -218,6 +232,10 @@ def _random_walls(rng: np.random.Generator, n: int, count: int) -> frozenset[Pos
     return walls if len(distances(probe)) == len(free) else None
 
 
+def _wall_count(rng: np.random.Generator, n: int, fractions: tuple[float, float]) -> int:
+    return int(rng.integers(int(fractions[0] * n * n), int(fractions[1] * n * n) + 1))
+
+
 def _near_wall(state: GridState, cells: Iterable[Pos]) -> bool:
     """True if some cell has a wall neighbour. Every solution passes a wall before its
     last move, so the walls matter and the through_wall corruption always applies."""
@@ -226,7 +244,7 @@ def _near_wall(state: GridState, cells: Iterable[Pos]) -> bool:
 
 def _gen_maze(rng: np.random.Generator, spec: SplitSpec) -> tuple[GridState, str, list[str]] | None:
     n = spec.size
-    walls = _random_walls(rng, n, int(rng.integers(int(0.25 * n * n), int(0.4 * n * n) + 1)))
+    walls = _random_walls(rng, n, _wall_count(rng, n, spec.maze_walls))
     if walls is None:
         return None
     free = sorted({(r, c) for r in range(n) for c in range(n)} - walls)
@@ -261,7 +279,7 @@ def _gen_maze(rng: np.random.Generator, spec: SplitSpec) -> tuple[GridState, str
 
 def _gen_push(rng: np.random.Generator, spec: SplitSpec) -> tuple[GridState, str, list[str]] | None:
     n = spec.size
-    walls = _random_walls(rng, n, int(rng.integers(int(0.08 * n * n), int(0.2 * n * n) + 1)))
+    walls = _random_walls(rng, n, _wall_count(rng, n, spec.push_walls))
     if walls is None:
         return None
     free = sorted({(r, c) for r in range(n) for c in range(n)} - walls)
@@ -306,8 +324,8 @@ def make_task(family: str, split: str, index: int, seed: int = 0) -> GridTask:
 def grid_tasks(split: str, n: int | None = None, families: Sequence[str] = FAMILIES, seed: int = 0) -> list[GridTask]:
     """The first ``n`` tasks of each family in ``split`` (family-major order).
 
-    ``n=None`` gives the default count of the split (train 500, test 25, ood 25
-    per family). Deterministic: the same arguments always give the same tasks,
+    ``n=None`` gives the default count of the split (``DEFAULT_COUNTS``: train 500,
+    test 50, ood 25, ood8 25 per family). Deterministic: the same arguments always give the same tasks,
     and task i is the same whatever ``n`` is.
     """
     if isinstance(families, str):
