@@ -64,6 +64,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,66 @@ def _check_args(args) -> None:
         raise UserError(f"--eval-tasks must be >= 0, got {args.eval_tasks}")
 
 
+# ---------------------------------------------------------------------------- the stages' settings
+@dataclass(frozen=True)
+class ModelShape:
+    """What builds the models and the sampler defaults (``build_models``, ``take_from_folder``,
+    ``save_pipeline``, the card's sizes); the options of the same names."""
+    seed: int
+    text_dim: int
+    text_layers: int
+    text_heads: int
+    max_sequence_length: int
+    vae_base_dim: int
+    vae_temporal: int
+    dit_layers: int
+    dit_heads: int
+    dit_head_dim: int
+    dit_ffn: int
+    flow_shift: float
+    sampler_steps: int
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What ``_train_loop`` reads besides the stage's own settings."""
+    seed: int
+    checkpoint_every: int
+    stop_after: int | None
+
+
+@dataclass(frozen=True)
+class VaeSettings:
+    """The VAE stage: the ``--vae-*`` options and its share of ``--minutes`` in seconds."""
+    steps: int
+    batch: int
+    images: int
+    crop: int
+    clip_crop: int
+    lr: float
+    kl: float
+    code_weight: float
+    object_weight: float
+    temporal: int
+    budget_s: float
+
+
+@dataclass(frozen=True)
+class TransformerSettings:
+    """The transformer stage: the ``--dit-*`` training options and its share of ``--minutes`` in seconds."""
+    steps: int
+    batch: int
+    lr: float
+    object_weight: float
+    budget_s: float
+
+
+def _pick(cls, args, prefix: str = "", **given):
+    """``cls`` filled from the options ``prefix + field`` (called by ``_run`` only); ``given`` fields as passed."""
+    return cls(**given, **{f.name: getattr(args, prefix + f.name) for f in fields(cls)
+                           if f.name not in given})
+
+
 # ---------------------------------------------------------------------------- small helpers
 def _to_pixels(videos: list[np.ndarray], device) -> torch.Tensor:
     """uint8 (T, H, W, 3) videos -> (B, 3, T, H, W) float in [-1, 1]."""
@@ -204,8 +265,8 @@ def _dir_megabytes(path: Path) -> float:
 
 
 # ---------------------------------------------------------------------------- models
-def build_models(args) -> dict[str, Any]:
-    """Tokenizer, text encoder, VAE, transformer, scheduler; random init under ``args.seed``."""
+def build_models(shape: ModelShape) -> dict[str, Any]:
+    """Tokenizer, text encoder, VAE, transformer, scheduler; random init under ``shape.seed``."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -215,75 +276,75 @@ def build_models(args) -> dict[str, Any]:
     prompts = [prompt_for(f, c) for f in FAMILIES for c in TARGET_COLOURS]
     tokenizer = build_t5_style_tokenizer(512, list(DEFAULT_CORPUS) + prompts)
     longest = max(len(tokenizer(p)["input_ids"]) for p in prompts)
-    if longest > args.max_sequence_length:
-        raise UserError(f"--max-sequence-length {args.max_sequence_length} is shorter than the grid prompts "
+    if longest > shape.max_sequence_length:
+        raise UserError(f"--max-sequence-length {shape.max_sequence_length} is shorter than the grid prompts "
                         f"({longest} tokens)")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
+        torch.manual_seed(shape.seed)
         text_encoder = UMT5EncoderModel(UMT5Config(
-            vocab_size=len(tokenizer), d_model=args.text_dim, d_kv=max(1, args.text_dim // args.text_heads),
-            d_ff=2 * args.text_dim, num_layers=args.text_layers, num_heads=args.text_heads,
+            vocab_size=len(tokenizer), d_model=shape.text_dim, d_kv=max(1, shape.text_dim // shape.text_heads),
+            d_ff=2 * shape.text_dim, num_layers=shape.text_layers, num_heads=shape.text_heads,
             relative_attention_num_buckets=16, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id))
-        vae_cfg = tiny_vae_config("2.2", base_dim=args.vae_base_dim)
-        if args.vae_temporal == 1:  # see --vae-temporal
+        vae_cfg = tiny_vae_config("2.2", base_dim=shape.vae_base_dim)
+        if shape.vae_temporal == 1:  # see --vae-temporal
             vae_cfg.update(temperal_downsample=[False, False, False], scale_factor_temporal=1)
         vae = AutoencoderKLWan(**vae_cfg)
         transformer = WanTransformer3DModel(
-            patch_size=(1, 1, 1), num_attention_heads=args.dit_heads, attention_head_dim=args.dit_head_dim,
-            in_channels=48, out_channels=48, text_dim=args.text_dim, freq_dim=64, ffn_dim=args.dit_ffn,
-            num_layers=args.dit_layers, rope_max_seq_len=256)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=args.flow_shift, num_train_timesteps=1000)
+            patch_size=(1, 1, 1), num_attention_heads=shape.dit_heads, attention_head_dim=shape.dit_head_dim,
+            in_channels=48, out_channels=48, text_dim=shape.text_dim, freq_dim=64, ffn_dim=shape.dit_ffn,
+            num_layers=shape.dit_layers, rope_max_seq_len=256)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shape.flow_shift, num_train_timesteps=1000)
     text_encoder.requires_grad_(False).eval()
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "transformer": transformer,
             "scheduler": scheduler}
 
 
-def _defaults(args):
+def _defaults(shape: ModelShape):
     from ..reasoner.wan import WanDefaults
 
-    return WanDefaults(num_frames=NUM_FRAMES, height=SIZE, width=SIZE, steps=args.sampler_steps, fps=FPS,
-                       max_sequence_length=args.max_sequence_length)
+    return WanDefaults(num_frames=NUM_FRAMES, height=SIZE, width=SIZE, steps=shape.sampler_steps, fps=FPS,
+                       max_sequence_length=shape.max_sequence_length)
 
 
-def start_folder(args) -> tuple[str, Path] | None:
+def start_folder(*, init_from: Path | None, vae_from: Path | None) -> tuple[str, Path] | None:
     """(flag, folder) of ``--init-from`` / ``--vae-from``, or None for a run from scratch."""
-    if getattr(args, "init_from", None) is not None:
-        return "--init-from", Path(args.init_from)
-    if getattr(args, "vae_from", None) is not None:
-        return "--vae-from", Path(args.vae_from)
+    if init_from is not None:
+        return "--init-from", Path(init_from)
+    if vae_from is not None:
+        return "--vae-from", Path(vae_from)
     return None
 
 
-def vae_share(args) -> float:
-    """The share of ``--minutes`` the VAE stage gets: none when the VAE comes from a folder."""
-    return 0.0 if start_folder(args) else args.vae_share
+def vae_share(origin: tuple[str, Path] | None, share: float) -> float:
+    """The share of ``--minutes`` the VAE stage gets (``share``): none when the VAE comes from a folder."""
+    return 0.0 if origin else share
 
 
-def take_from_folder(args, models: dict[str, Any]) -> dict[str, Any]:
+def take_from_folder(origin: tuple[str, Path], shape: ModelShape, models: dict[str, Any]) -> dict[str, Any]:
     """``--init-from`` / ``--vae-from``: put the folder's tokenizer, text encoder and VAE (and, for
     ``--init-from``, its transformer) in place of the freshly built ones, after checking that they fit
-    the recipe's arguments. Returns what the model card records about the folder."""
+    the recipe's model shape. Returns what the model card records about the folder."""
     from ..identity import model_id
     from ..reasoner.wan import WanReasoner
 
-    flag, folder = start_folder(args)
+    flag, folder = origin
     if not (folder / "model_index.json").is_file():
         raise UserError(f"{flag} {folder} is not a reasoner pipeline folder (no model_index.json); give the "
                         "model/ folder of a finished `vlm-teacher train reasoner` run or src/vlm_teacher/embedded/grid-wan")
     loaded = WanReasoner.from_pretrained(folder)
     temporal = loaded.scale_temporal
     mismatched = []
-    if temporal != args.vae_temporal:
+    if temporal != shape.vae_temporal:
         mismatched.append(f"--vae-temporal {temporal}")
-    if loaded.text_encoder.config.d_model != args.text_dim:
+    if loaded.text_encoder.config.d_model != shape.text_dim:
         mismatched.append(f"--text-dim {loaded.text_encoder.config.d_model}")
     if flag == "--init-from":
         cfg = loaded.transformer.config
-        for option, have, asked in (("--dit-layers", cfg.num_layers, args.dit_layers),
-                                    ("--dit-heads", cfg.num_attention_heads, args.dit_heads),
-                                    ("--dit-head-dim", cfg.attention_head_dim, args.dit_head_dim),
-                                    ("--dit-ffn", cfg.ffn_dim, args.dit_ffn)):
+        for option, have, asked in (("--dit-layers", cfg.num_layers, shape.dit_layers),
+                                    ("--dit-heads", cfg.num_attention_heads, shape.dit_heads),
+                                    ("--dit-head-dim", cfg.attention_head_dim, shape.dit_head_dim),
+                                    ("--dit-ffn", cfg.ffn_dim, shape.dit_ffn)):
             if have != asked:
                 mismatched.append(f"{option} {have}")
     if mismatched:
@@ -367,7 +428,7 @@ CALIBRATION_STEPS = 20  # steps timed before a stage fixes how many steps fit in
 REPLAN_EVERY = 100  # a time-limited stage re-checks its plan this often (the shared machine's speed drifts)
 
 
-def _train_loop(name: str, args, models, opt, params, run_state: dict, ckpt: Checkpoint, log: JsonlLog, *,
+def _train_loop(name: str, loop: LoopSettings, models, opt, params, run_state: dict, ckpt: Checkpoint, log: JsonlLog, *,
                 steps: int, base_lr: float, warmup: int, budget_s: float, stream: int, next_stage: str,
                 train_step) -> bool:
     """Run ``train_step(step, rng) -> (loss tensor, log dict)`` up to the stage's planned step count.
@@ -387,8 +448,8 @@ def _train_loop(name: str, args, models, opt, params, run_state: dict, ckpt: Che
     if step > 0:
         ckpt.load_into(models, opt, run_state)
     else:
-        torch.manual_seed(args.seed * 1000 + stream)
-    rng = _np_rng(run_state.get("np_rng"), args.seed, stream)
+        torch.manual_seed(loop.seed * 1000 + stream)
+    rng = _np_rng(run_state.get("np_rng"), loop.seed, stream)
     plan = StepPlan(steps, budget_s, run_state.get("planned"), calibration=CALIBRATION_STEPS,
                     replan_every=REPLAN_EVERY)
     keep = {k: v for k, v in run_state.items() if k.startswith("vae_")}  # earlier stages' summaries
@@ -403,7 +464,7 @@ def _train_loop(name: str, args, models, opt, params, run_state: dict, ckpt: Che
         if elapsed() > 1.15 * budget_s:
             reason = "time"
             break
-        if args.stop_after is not None and done_here >= args.stop_after:
+        if loop.stop_after is not None and done_here >= loop.stop_after:
             reason = "stop_after"
             break
         for g in opt.param_groups:
@@ -425,7 +486,7 @@ def _train_loop(name: str, args, models, opt, params, run_state: dict, ckpt: Che
             bar.refresh()
             log.write(stage=name, event="plan", step=step, planned=plan.planned,
                       seconds_per_step=round(elapsed() / step, 3), budget_s=round(budget_s, 1))
-        if step % args.checkpoint_every == 0 and step < plan.total:
+        if step % loop.checkpoint_every == 0 and step < plan.total:
             ckpt.save(models, state(), opt)
     bar.close()
     if reason == "stop_after":
@@ -441,57 +502,58 @@ def _train_loop(name: str, args, models, opt, params, run_state: dict, ckpt: Che
 
 
 # ---------------------------------------------------------------------------- stage 1: VAE
-def train_vae(args, models, tasks, run_state, ckpt: Checkpoint, log: JsonlLog, device) -> bool:
+def train_vae(cfg: VaeSettings, loop: LoopSettings, models, tasks, run_state, ckpt: Checkpoint, log: JsonlLog,
+              device) -> bool:
     """Reconstruction (MSE + L1) of right and wrong grid videos, tiny KL. True when finished."""
     from .grid_videos import cell_codes, code_channels, crop_cells, random_grid_images, vae_video
 
-    channels = code_channels(args.vae_temporal)
+    channels = code_channels(cfg.temporal)
 
     vae = models["vae"].to(device).train()
     vae.requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
 
     def reconstruct(videos: list[np.ndarray]):
         x = _to_pixels(videos, device)
-        code = torch.from_numpy(np.stack([cell_codes(v, args.vae_temporal) for v in videos])).to(device)
+        code = torch.from_numpy(np.stack([cell_codes(v, cfg.temporal) for v in videos])).to(device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(), return_dict=False)[0]
         kl = 0.5 * torch.mean(post.mean ** 2 + post.var - 1.0 - post.logvar)
-        w = salience_weights(x, args.vae_object_weight)
+        w = salience_weights(x, cfg.object_weight)
         code_err = torch.mean((post.mean[:, :channels] - code) ** 2)
         return (torch.sum(w * (rec - x) ** 2) / w.sum(), torch.sum(w * torch.abs(rec - x)) / w.sum(), kl, code_err)
 
     def train_step(step: int, rng: np.random.Generator):
         # video clips (time structure, right and wrong motion) + single random-grid frames (colours)
-        videos = [crop_cells(vae_video(tasks, rng)[0], args.vae_clip_crop, rng, focus=True)
-                  for _ in range(args.vae_batch)]
+        videos = [crop_cells(vae_video(tasks, rng)[0], cfg.clip_crop, rng, focus=True)
+                  for _ in range(cfg.batch)]
         terms = reconstruct(videos)
-        if args.vae_images:
-            images = reconstruct(list(random_grid_images(rng, args.vae_images, args.vae_crop)))
+        if cfg.images:
+            images = reconstruct(list(random_grid_images(rng, cfg.images, cfg.crop)))
             terms = tuple((a + b) / 2 for a, b in zip(terms, images))
         mse, l1, kl, code_err = terms
-        loss = mse + l1 + args.vae_kl * kl + args.vae_code_weight * code_err
+        loss = mse + l1 + cfg.kl * kl + cfg.code_weight * code_err
         return loss, {"mse": mse.item(), "l1": l1.item(), "kl": kl.item(), "code": code_err.item()}
 
-    finished = _train_loop("vae", args, models, opt, list(vae.parameters()), run_state, ckpt, log,
-                           steps=args.vae_steps, base_lr=args.vae_lr, warmup=min(20, args.vae_steps // 5 + 1),
-                           budget_s=args.minutes * 60 * args.vae_share, stream=1, next_stage="latents",
+    finished = _train_loop("vae", loop, models, opt, list(vae.parameters()), run_state, ckpt, log,
+                           steps=cfg.steps, base_lr=cfg.lr, warmup=min(20, cfg.steps // 5 + 1),
+                           budget_s=cfg.budget_s, stream=1, next_stage="latents",
                            train_step=train_step)
     vae.eval().requires_grad_(False)
     return finished
 
 
 # ---------------------------------------------------------------------------- stage 2: latent cache
-def _make_reasoner(args, models, device):
+def _make_reasoner(shape: ModelShape, models, device):
     """A WanReasoner over the in-memory components: the same text encoding and
     normalisation code that sampling uses (one place for each idea)."""
     from ..reasoner.wan import WanReasoner
 
     return WanReasoner(models["transformer"], models["vae"], models["text_encoder"], models["tokenizer"],
-                       flow_shift=args.flow_shift, defaults=_defaults(args), device=device)
+                       flow_shift=shape.flow_shift, defaults=_defaults(shape), device=device)
 
 
-def build_latent_cache(args, models, tasks, out: Path, log: JsonlLog, device) -> dict[str, torch.Tensor]:
+def build_latent_cache(models, tasks, out: Path, log: JsonlLog, device) -> dict[str, torch.Tensor]:
     """Encode every transformer training video; set latents_mean/std; return the cache."""
     from safetensors.torch import load_file
     from tqdm.auto import tqdm
@@ -555,31 +617,32 @@ def object_weights(latents: torch.Tensor, temporal: int, weight: float) -> torch
     return 1.0 + weight * (present | before).float()
 
 
-def train_transformer(args, models, cache, run_state, ckpt: Checkpoint, log: JsonlLog, device) -> bool:
+def train_transformer(dit: TransformerSettings, shape: ModelShape, loop: LoopSettings, models, cache, run_state,
+                      ckpt: Checkpoint, log: JsonlLog, device) -> bool:
     """TI2V flow matching on the cached latents (see the module docstring). True when finished."""
     from ..reasoner import flow
     from ..suites.grid import FAMILIES, TARGET_COLOURS, prompt_for
 
-    reasoner = _make_reasoner(args, models, device)  # freezes everything; unfreeze the transformer below
+    reasoner = _make_reasoner(shape, models, device)  # freezes everything; unfreeze the transformer below
     prompts = [prompt_for(f, c) for f in FAMILIES for c in TARGET_COLOURS]
     prompt_table = torch.cat([reasoner.encode_text(p) for p in prompts]).float()  # (P, L, D)
     mean = torch.tensor(models["vae"].config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(models["vae"].config.latents_std).view(1, -1, 1, 1, 1)
     x_all = flow.normalise(cache["latents"], mean, std).to(device)
-    w_all = object_weights(cache["latents"], args.vae_temporal, args.dit_object_weight).to(device)
+    w_all = object_weights(cache["latents"], shape.vae_temporal, dit.object_weight).to(device)
     p_idx = cache["prompt_index"].to(device)
     n = x_all.shape[0]
     tokens = flow.token_counts(x_all.shape, models["transformer"].config.patch_size)
-    sigmas = flow.shifted_sigmas(args.sampler_steps, args.flow_shift)
+    sigmas = flow.shifted_sigmas(shape.sampler_steps, shape.flow_shift)
 
     tr = models["transformer"].to(device).train()
     tr.requires_grad_(True)
-    opt = torch.optim.AdamW(tr.parameters(), lr=args.dit_lr, weight_decay=0.01, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(tr.parameters(), lr=dit.lr, weight_decay=0.01, betas=(0.9, 0.99))
 
     def train_step(step: int, rng: np.random.Generator):
-        idx = torch.from_numpy(rng.integers(n, size=args.dit_batch)).to(device)
+        idx = torch.from_numpy(rng.integers(n, size=dit.batch)).to(device)
         x0 = x_all[idx]
-        s = sample_sigmas(args.dit_batch, sigmas, 3.0).to(device)
+        s = sample_sigmas(dit.batch, sigmas, 3.0).to(device)
         eps = torch.randn(x0.shape).to(device)
         xt = flow.pin_first_frame(flow.noisy(x0, eps, s), x0[:, :, :1])  # frame 0 = the clean first-frame latent
         ts = flow.timesteps(s, reasoner.num_train_timesteps, tokens, device=device)
@@ -592,26 +655,24 @@ def train_transformer(args, models, cache, run_state, ckpt: Checkpoint, log: Jso
         loss = (w * err).sum() / (w.sum() * err.shape[1])  # a weighted mean: plain MSE when the weight is 0
         return loss, {"loss_sigma1": loss_one, "mse": err.mean().item()}
 
-    finished = _train_loop("transformer", args, models, opt, list(tr.parameters()), run_state, ckpt, log,
-                           steps=args.dit_steps, base_lr=args.dit_lr, warmup=min(100, args.dit_steps // 5 + 1),
-                           budget_s=args.minutes * 60 * (1 - vae_share(args)), stream=3, next_stage="done",
+    finished = _train_loop("transformer", loop, models, opt, list(tr.parameters()), run_state, ckpt, log,
+                           steps=dit.steps, base_lr=dit.lr, warmup=min(100, dit.steps // 5 + 1),
+                           budget_s=dit.budget_s, stream=3, next_stage="done",
                            train_step=train_step)
     tr.eval().requires_grad_(False)
     return finished
 
 
 # ---------------------------------------------------------------------------- save + evaluate
-def save_pipeline(args, models, folder: Path) -> Path:
+def save_pipeline(shape: ModelShape, models, folder: Path) -> Path:
     """diffusers' WanPipeline.save_pretrained (safetensors) + vlm_teacher.json."""
-    from dataclasses import asdict
-
     from diffusers import WanPipeline
 
     pipe = WanPipeline(tokenizer=models["tokenizer"], text_encoder=models["text_encoder"], vae=models["vae"],
                        scheduler=models["scheduler"], transformer=models["transformer"], expand_timesteps=True)
     with atomic_folder(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        write_json(tmp / "vlm_teacher.json", asdict(_defaults(args)))
+        write_json(tmp / "vlm_teacher.json", asdict(_defaults(shape)))
     return folder
 
 
@@ -802,13 +863,18 @@ def _run(args) -> int:
     """The stages: start (or resume), VAE, latent cache, transformer, the shipped folder and its figures."""
     t_start = time.time()
     device = torch.device(args.device)
+    origin = start_folder(init_from=args.init_from, vae_from=args.vae_from)
+    shape, loop = _pick(ModelShape, args), _pick(LoopSettings, args)
+    vae = _pick(VaeSettings, args, "vae_", budget_s=args.minutes * 60 * args.vae_share)
+    dit = _pick(TransformerSettings, args, "dit_",
+                budget_s=args.minutes * 60 * (1 - vae_share(origin, args.vae_share)))
     ckpt = Checkpoint(args.out)
-    run_state = _resume_state(args, ckpt)
+    run_state = _resume_state(args.out, ckpt, _config(args), resume=args.resume)
     # models first: a bad --init-from / --vae-from folder fails before anything is written
-    models = build_models(args)
-    start = take_from_folder(args, models) if start_folder(args) else None
+    models = build_models(shape)
+    start = take_from_folder(origin, shape, models) if origin else None
     if not args.resume:
-        run_state = _begin(args, models, ckpt, start)
+        run_state = _begin(args.out, _config(args), models, ckpt, start)
     log = JsonlLog(args.out / "log.jsonl")
     log.write(event="start", resume=bool(args.resume), stage=run_state["stage"], step=run_state.get("step", 0),
               command=_command(args) + (" --resume" if args.resume else ""))
@@ -816,14 +882,16 @@ def _run(args) -> int:
     from .grid_videos import train_tasks
 
     tasks = train_tasks(args.train_tasks, seed=0)
-    run_state = _train_stages(args, models, tasks, run_state, ckpt, log, device)
+    run_state = _train_stages(models, tasks, run_state, ckpt, log, device, out=args.out, shape=shape, loop=loop,
+                              vae=vae, dit=dit)
     if run_state is None:
         return 0
-    cache = build_latent_cache(args, models, tasks, args.out, log, device)  # re-applies latents_mean/std
+    cache = build_latent_cache(models, tasks, args.out, log, device)  # re-applies latents_mean/std
     for m in ("vae", "transformer", "text_encoder"):
         models[m].to("cpu").eval()
-    folder = save_pipeline(args, models, args.out / "model")
-    metrics = _metrics(args, models, cache, run_state, start, folder, log)
+    folder = save_pipeline(shape, models, args.out / "model")
+    metrics = _metrics(models, cache, run_state, start, folder, log, shape=shape, command=_command(args),
+                       device=args.device, train_tasks=args.train_tasks)
     t_eval = time.time()
     if args.eval_tasks > 0:
         metrics["evaluation"] = evaluate(folder, args.eval_tasks)
@@ -843,10 +911,10 @@ def _run(args) -> int:
     return 0
 
 
-def _resume_state(args, ckpt: Checkpoint) -> dict[str, Any] | None:
-    """The checkpoint's state for --resume (refused when the model-shaping settings changed); None for a fresh run."""
-    out: Path = args.out
-    if not args.resume:
+def _resume_state(out: Path, ckpt: Checkpoint, current: dict[str, Any], *, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint's state for --resume (refused when the model-shaping settings in ``current``, the
+    run's ``_config``, changed); None for a fresh run."""
+    if not resume:
         if ckpt.exists() or (out / "log.jsonl").exists():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         return None
@@ -854,7 +922,6 @@ def _resume_state(args, ckpt: Checkpoint) -> dict[str, Any] | None:
         raise UserError(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume first")
     run_state = ckpt.load_state()
     saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    current = _config(args)
     changed = [k for k in ARCH_KEYS if saved.get(k) != current.get(k)]
     if changed:
         raise UserError(f"--resume with different settings than the checkpoint: {', '.join(changed)}; "
@@ -862,10 +929,10 @@ def _resume_state(args, ckpt: Checkpoint) -> dict[str, Any] | None:
     return run_state
 
 
-def _begin(args, models, ckpt: Checkpoint, start) -> dict[str, Any]:
+def _begin(out: Path, config: dict[str, Any], models, ckpt: Checkpoint, start) -> dict[str, Any]:
     """A fresh run's config.json and first state (a model taken from a folder skips the VAE stage)."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "config.json", _config(args))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config)
     run_state = ({"stage": "latents", "step": 0, "vae_steps_done": 0, "vae_stop": "taken from the folder",
                   "vae_seconds": 0.0} if start else {"stage": "vae", "step": 0})
     if start:
@@ -873,21 +940,22 @@ def _begin(args, models, ckpt: Checkpoint, start) -> dict[str, Any]:
     return run_state
 
 
-def _train_stages(args, models, tasks, run_state, ckpt: Checkpoint, log: JsonlLog, device) -> dict[str, Any] | None:
+def _train_stages(models, tasks, run_state, ckpt: Checkpoint, log: JsonlLog, device, *, out: Path, shape: ModelShape,
+                  loop: LoopSettings, vae: VaeSettings, dit: TransformerSettings) -> dict[str, Any] | None:
     """The VAE and transformer stages from wherever ``run_state`` is; the final state, or None
     when --stop-after cut a stage (its checkpoint is written)."""
     if run_state["stage"] == "vae":
-        if not train_vae(args, models, tasks, run_state, ckpt, log, device):
+        if not train_vae(vae, loop, models, tasks, run_state, ckpt, log, device):
             print(f"stopped in the VAE stage; continue with --resume (checkpoint in {ckpt.dir})")
             return None
         run_state = ckpt.load_state()
     else:
         ckpt.load_into(models, None, run_state)
-    cache = build_latent_cache(args, models, tasks, args.out, log, device)
+    cache = build_latent_cache(models, tasks, out, log, device)
     if run_state["stage"] in ("latents", "transformer"):
         if run_state["stage"] == "latents":
             run_state = {**run_state, "stage": "transformer", "step": 0}
-        if not train_transformer(args, models, cache, run_state, ckpt, log, device):
+        if not train_transformer(dit, shape, loop, models, cache, run_state, ckpt, log, device):
             print(f"stopped in the transformer stage; continue with --resume (checkpoint in {ckpt.dir})")
             return None
         run_state = ckpt.load_state()
@@ -896,28 +964,29 @@ def _train_stages(args, models, tasks, run_state, ckpt: Checkpoint, log: JsonlLo
     return run_state
 
 
-def _metrics(args, models, cache, run_state, start, folder: Path, log: JsonlLog) -> dict[str, Any]:
+def _metrics(models, cache, run_state, start, folder: Path, log: JsonlLog, *, shape: ModelShape, command: str,
+             device: str, train_tasks: int) -> dict[str, Any]:
     """The training record and the sizes (``metrics.json`` before the evaluation is added)."""
     from .grid_videos import code_channels
 
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     metrics: dict[str, Any] = {
         "training": {
-            "command": _command(args),
+            "command": command,
             "invocations": [r["command"] for r in log.records() if r.get("event") == "start" and r.get("command")],
-            "machine": machine_line(args.device), **_versions(),
-            "seed": args.seed, "train_tasks_per_family": args.train_tasks,
+            "machine": machine_line(device), **_versions(),
+            "seed": shape.seed, "train_tasks_per_family": train_tasks,
             **({"start": start} if start is not None else {}),
             "samples": int(cache["latents"].shape[0]), "counterfactual_samples": int(cache["counterfactual"].sum()),
             **{k: run_state[k] for k in ("vae_steps_done", "vae_stop", "vae_seconds", "dit_steps_done",
                                          "dit_stop", "dit_seconds")},
         },
         "size": {
-            "vae_base_dim": args.vae_base_dim, "vae_params": count(models["vae"]),
-            "vae_temporal": args.vae_temporal, "code_channels": code_channels(args.vae_temporal),
-            "dit_layers": args.dit_layers, "dit_heads": args.dit_heads, "dit_head_dim": args.dit_head_dim,
-            "dit_params": count(models["transformer"]), "text_dim": args.text_dim,
-            "text_params": count(models["text_encoder"]), "flow_shift": args.flow_shift,
+            "vae_base_dim": shape.vae_base_dim, "vae_params": count(models["vae"]),
+            "vae_temporal": shape.vae_temporal, "code_channels": code_channels(shape.vae_temporal),
+            "dit_layers": shape.dit_layers, "dit_heads": shape.dit_heads, "dit_head_dim": shape.dit_head_dim,
+            "dit_params": count(models["transformer"]), "text_dim": shape.text_dim,
+            "text_params": count(models["text_encoder"]), "flow_shift": shape.flow_shift,
             "folder_mb": _dir_megabytes(folder),
         },
         "defaults": json.loads((folder / "vlm_teacher.json").read_text()),

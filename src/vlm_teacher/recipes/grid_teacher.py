@@ -227,8 +227,8 @@ def save_folder(teacher, dest: Path, init: Path) -> None:
                 shutil.copy2(init / name, tmp / name)
 
 
-def _optimizer(params, args) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01, foreach=True)
+def _optimizer(params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01, foreach=True)
 
 
 def lr_at(step: int, progress: float, lr: float, warmup: int) -> float:
@@ -563,7 +563,9 @@ def _initial_model(args, work: Path) -> Path:
     return init
 
 
-def _reasoner_videos(args, reasoner_dir: Path | None, work: Path, init: Path, t0: float):
+def _reasoner_videos(reasoner_dir: Path | None, work: Path, init: Path, t0: float, *, seed: int, eval_reasoner: int,
+                     reasoner_jobs: int, reasoner_minutes: float, eval_only: bool, tto_jobs: int, tto_lr: float,
+                     tto_minutes: float):
     """(evaluation, training, test-time-loop) videos of the reasoner, each cached under its weights' id."""
     from ..identity import model_id
     from ..suites.grid import grid_tasks
@@ -575,41 +577,40 @@ def _reasoner_videos(args, reasoner_dir: Path | None, work: Path, init: Path, t0
     from ..reasoner import load_reasoner
 
     # (task, seed) jobs for the reasoner: evaluation first (test and ood), then training
-    eval_jobs = [(t, s) for split in ("test", "ood") for t in grid_tasks(split, args.eval_reasoner)
+    eval_jobs = [(t, s) for split in ("test", "ood") for t in grid_tasks(split, eval_reasoner)
                  for s in (1001, 1002)]
-    train_jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (args.reasoner_jobs + 1) // 2, seed=7),
-                                              np.random.default_rng([args.seed, 2]).integers(0, 10**6, size=args.reasoner_jobs))]
+    train_jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (reasoner_jobs + 1) // 2, seed=7),
+                                              np.random.default_rng([seed, 2]).integers(0, 10**6, size=reasoner_jobs))]
     reasoner = load_reasoner(reasoner_dir)
-    r_minutes = args.reasoner_minutes if args.reasoner_minutes is not None else args.minutes / 4
     # keyed by the weights, not the folder name: a retrained reasoner in the same folder makes new videos
     cache = work / f"reasoner-{model_id(reasoner_dir)}"
     make = functools.partial(run_reasoner, reasoner)
-    eval_samples = reasoner_samples(make, eval_jobs, cache, deadline=t0 + r_minutes * 60 * 0.4,
+    eval_samples = reasoner_samples(make, eval_jobs, cache, deadline=t0 + reasoner_minutes * 60 * 0.4,
                                     desc="reasoner videos (eval)")
-    train_samples = reasoner_samples(make, train_jobs, cache, deadline=t0 + r_minutes * 60,
-                                     desc="reasoner videos (train)") if not args.eval_only else []
+    train_samples = reasoner_samples(make, train_jobs, cache, deadline=t0 + reasoner_minutes * 60,
+                                     desc="reasoner videos (train)") if not eval_only else []
     tto_samples = []
-    if args.tto_jobs and not args.eval_only:
-        tto_jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (args.tto_jobs + 1) // 2, seed=11),
-                                                np.random.default_rng([args.seed, 5]).integers(0, 10**6, size=args.tto_jobs))]
+    if tto_jobs and not eval_only:
+        jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (tto_jobs + 1) // 2, seed=11),
+                                            np.random.default_rng([seed, 5]).integers(0, 10**6, size=tto_jobs))]
         attacked = QwenVLTeacher.from_pretrained(init)
-        tto_samples = reasoner_samples(tto_maker(reasoner, attacked, args.tto_lr), tto_jobs,
-                                       work / f"tto-{model_id(reasoner_dir)}-vs-{model_id(init)}-lr{args.tto_lr:g}",
-                                       deadline=time.monotonic() + args.tto_minutes * 60, desc="test-time-loop videos")
+        tto_samples = reasoner_samples(tto_maker(reasoner, attacked, tto_lr), jobs,
+                                       work / f"tto-{model_id(reasoner_dir)}-vs-{model_id(init)}-lr{tto_lr:g}",
+                                       deadline=time.monotonic() + tto_minutes * 60, desc="test-time-loop videos")
     return eval_samples, train_samples, tto_samples
 
 
-def _load_for_training(args, folder: Path, work: Path, resuming: bool):
+def _load_for_training(folder: Path, work: Path, resuming: bool, *, cell_loss: float, lr: float, seed: int):
     """(teacher in training mode, cell probe or None, parameters, AdamW, run state), resumed when asked."""
     from ..teacher.qwen import QwenVLTeacher
 
     teacher = QwenVLTeacher.from_pretrained(folder)
     teacher.model.requires_grad_(True)
     teacher.model.train()
-    probe = CellProbe(teacher) if args.cell_loss > 0 else None
+    probe = CellProbe(teacher) if cell_loss > 0 else None
     params = list(_named_parameters(teacher, probe).values())
-    optimizer = _optimizer(params, args)
-    state: dict[str, Any] = {"step": 0, "train_seconds": 0.0, "seed": args.seed}
+    optimizer = _optimizer(params, lr)
+    state: dict[str, Any] = {"step": 0, "train_seconds": 0.0, "seed": seed}
     if resuming:
         state = json.loads((work / "state.json").read_text())
         load_optimizer_state(work, teacher, optimizer, probe)
@@ -732,7 +733,11 @@ def run(args) -> int:
     init = _initial_model(args, work)
     print(f"reasoner: {reasoner_dir}" if reasoner_dir else
           "reasoner: none available; training on ground-truth, corrupted and degraded renders only")
-    samples = _reasoner_videos(args, reasoner_dir, work, init, t0)
+    samples = _reasoner_videos(
+        reasoner_dir, work, init, t0, seed=args.seed, eval_reasoner=args.eval_reasoner,
+        reasoner_jobs=args.reasoner_jobs,
+        reasoner_minutes=args.reasoner_minutes if args.reasoner_minutes is not None else args.minutes / 4,
+        eval_only=args.eval_only, tto_jobs=args.tto_jobs, tto_lr=args.tto_lr, tto_minutes=args.tto_minutes)
     eval_samples, train_samples, tto_samples = samples
     if args.eval_only:
         return _eval_only(out, eval_samples, reasoner_dir, args)
@@ -744,8 +749,8 @@ def run(args) -> int:
     stream = Stream(grid_tasks("train", args.train_tasks, seed=args.seed), reasoner_examples, args)
     scan_rng = np.random.default_rng([args.seed, 3])
     weights = class_weights([stream.draw(scan_rng) for _ in range(max(1, args.weight_scan))])
-    teacher, probe, params, optimizer, state = _load_for_training(args, work / "ckpt" if resuming else init, work,
-                                                                  resuming)
+    teacher, probe, params, optimizer, state = _load_for_training(work / "ckpt" if resuming else init, work, resuming,
+                                                                  cell_loss=args.cell_loss, lr=args.lr, seed=args.seed)
     log = JsonlLog(work / LOG_NAME, stamp=False)
     log.keep_until(int(state["step"]))  # drop lines written after the checkpoint
     step = _train(args, teacher, probe, params, optimizer, state, stream, weights, work, init, log,
