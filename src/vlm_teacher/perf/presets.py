@@ -144,10 +144,7 @@ QWEN_PRESETS: dict[str, QwenPreset] = {
     "qwen3-vl-4b": QwenPreset(
         name="qwen3-vl-4b", arch="qwen3_vl",
         text=_qwen3_text(2560, 36, 32, 8, 128, 9728, 151936, [24, 20, 20]),
-        vision=dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, in_channels=3,
-                    patch_size=16, temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=2560,
-                    num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17],
-                    hidden_act="gelu_pytorch_tanh"),
+        vision=_qwen3_vision(24, 1024, 4096, 16, 2560, 2304, [5, 11, 17]),
         tie_word_embeddings=True, recalled=("all values",)),
     "qwen2.5-vl-7b": QwenPreset(
         name="qwen2.5-vl-7b", arch="qwen2_5_vl",
@@ -174,18 +171,12 @@ QWEN_PRESETS: dict[str, QwenPreset] = {
     "qwen3-vl-tiny": QwenPreset(
         name="qwen3-vl-tiny", arch="qwen3_vl",
         text=_qwen3_text(64, 2, 4, 2, 16, 128, 2048, [4, 2, 2]),
-        vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3,
-                    patch_size=16, temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=64,
-                    num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
-                    hidden_act="gelu_pytorch_tanh"),
+        vision=_qwen3_vision(2, 32, 64, 2, 64, 64, [0, 1]),
         min_pixels=32 * 32, max_pixels=256 * 256),
     "qwen3-vl-small": QwenPreset(
         name="qwen3-vl-small", arch="qwen3_vl",
         text=_qwen3_text(256, 4, 4, 2, 64, 768, 4096, [16, 8, 8]),
-        vision=dict(depth=4, hidden_size=128, intermediate_size=512, num_heads=4, in_channels=3,
-                    patch_size=16, temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=256,
-                    num_position_embeddings=256, deepstack_visual_indexes=[0, 1, 2],
-                    hidden_act="gelu_pytorch_tanh"),
+        vision=_qwen3_vision(4, 128, 512, 4, 256, 256, [0, 1, 2]),
         min_pixels=32 * 32, max_pixels=256 * 256),
     "qwen2.5-vl-tiny": QwenPreset(
         name="qwen2.5-vl-tiny", arch="qwen2_5_vl",
