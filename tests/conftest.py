@@ -44,3 +44,17 @@ def first_frame_png(tmp_path_factory):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
     return write_image(tmp_path_factory.mktemp("img") / "first.png", img)
+
+
+@pytest.fixture(scope="module")
+def suite():
+    """The grid test split (a module may define its own ``suite`` / ``task``)."""
+    from vlm_teacher.suites import load_suite
+
+    return load_suite("grid:test")
+
+
+@pytest.fixture(scope="module")
+def task(suite):
+    """The first grid test task (maze-test-00000)."""
+    return suite.task(suite.ids()[0])

@@ -14,7 +14,6 @@ from vlm_teacher.methods import BestOfN, MethodContext, VideoTPO, candidate_seed
 from vlm_teacher.objective import weighted_loss
 from vlm_teacher.optimize import TTOConfig
 from vlm_teacher.reasoner import load_reasoner
-from vlm_teacher.suites import load_suite
 from vlm_teacher.task import Queries
 
 
@@ -50,16 +49,6 @@ class ScriptedTeacher:
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         return {}
-
-
-@pytest.fixture(scope="module")
-def suite():
-    return load_suite("grid:test")
-
-
-@pytest.fixture(scope="module")
-def task(suite):
-    return suite.task(suite.ids()[0])
 
 
 @pytest.fixture(scope="module")
