@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from vlm_teacher.errors import UserError
 from vlm_teacher.methods import (
@@ -20,20 +21,9 @@ from vlm_teacher.methods import (
 )
 from vlm_teacher.optimize import TTOConfig
 from vlm_teacher.reasoner import load_reasoner
-from vlm_teacher.suites import load_suite
 from vlm_teacher.teacher import load_teacher
 
 S = 4  # sampler steps of the tiny reasoner (tiny_wan default)
-
-
-@pytest.fixture(scope="module")
-def suite():
-    return load_suite("grid:test")
-
-
-@pytest.fixture(scope="module")
-def task(suite):
-    return suite.task(suite.ids()[0])
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +66,12 @@ EXPECTED = {
 }
 
 
+#: Linux keeps RSS in per-thread counters batched 64 pages at a time and folds them into the
+#: high-water mark lazily, so two VmHWM reads can go down by up to 64 pages per thread (seen here:
+#: 0.18 MiB between the meter's read and the test's); a KiB-as-MiB bug is 1024x, far outside this
+RSS_COUNTER_SLACK_MB = 64 * 4 / 1024 * (torch.get_num_threads() + 2)
+
+
 # each of these writes its queries by generation (which a random tiny model never ends early) and
 # differs from tto_fixed1 in one setting only: slow here, CI's slow pass runs them
 SLOW = {"tto", "tto_lam1", "tto_lam0", "tto_last_step", "tto_all_steps", "tto_k3"}
@@ -95,7 +91,8 @@ def test_every_method_gives_a_video_and_honest_cost(ctx, task, name):
     assert out.cost.teacher_calls == teacher_calls
     assert out.cost.wall_s > 0 and out.cost.peak_mem_mb is not None
     if rss_before is not None:  # Linux: the call's peak lies between the RSS at its start and the high-water mark
-        assert 0.9 * rss_before <= out.cost.peak_mem_mb <= hwm_after, (rss_before, out.cost.peak_mem_mb, hwm_after)
+        assert 0.9 * rss_before <= out.cost.peak_mem_mb <= hwm_after + RSS_COUNTER_SLACK_MB, (
+            rss_before, out.cost.peak_mem_mb, hwm_after)
     if name.startswith("tto"):
         assert len(out.history) == steps and all("loss" in h and "p_yes" in h for h in out.history)
         assert out.queries is not None

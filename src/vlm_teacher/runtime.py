@@ -73,22 +73,32 @@ def rss_peak_mb() -> float:
 
 class MemoryMeter:
     """``with MemoryMeter(device) as m: ...`` then ``m.wall_s``, ``m.peak_mb``, ``m.scope``
-    (``"call"``, or ``"process"`` where the CPU peak could not be reset)."""
+    (``"call"``; ``"enclosing call"`` inside another meter, whose peak it then reads; or
+    ``"process"`` where the CPU peak could not be reset)."""
+
+    #: meters open right now; only the outermost resets the peak (teach() runs inside a method's
+    #: meter, and its reset would drop what the method measured before it, e.g. the oracle's preview)
+    _open = 0
 
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
         self.scope = "call"
 
     def __enter__(self) -> "MemoryMeter":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif not reset_rss_peak():
-            self.scope = "process"
+        if MemoryMeter._open == 0:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+            elif not reset_rss_peak():
+                self.scope = "process"
+        else:
+            self.scope = "enclosing call"  # the peak since the outermost meter opened
+        MemoryMeter._open += 1
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        MemoryMeter._open -= 1
         self.peak_mb = self.read_peak_mb()
         self.wall_s = time.perf_counter() - self.t0
 
