@@ -12,7 +12,7 @@ from vlm_teacher.cli import build_parser, main
 from vlm_teacher.errors import UserError
 
 TINY = ["--train-tasks", "3", "--vae-steps", "2", "--vae-batch", "1", "--vae-crop", "2", "--vae-base-dim", "4",
-        "--dit-steps", "2", "--dit-batch", "2", "--dit-layers", "1", "--dit-heads", "2", "--dit-head-dim", "8",
+        "--decoder-steps", "2", "--decoder-batch", "1", "--dit-steps", "2", "--dit-batch", "2", "--dit-layers", "1", "--dit-heads", "2", "--dit-head-dim", "8",
         "--dit-ffn", "16", "--text-dim", "8", "--text-layers", "1", "--text-heads", "2", "--eval-tasks", "0",
         "--checkpoint-every", "1"]
 
@@ -61,12 +61,35 @@ def test_recipe_writes_a_loadable_wan_folder(straight_run):
     assert reasoner.vae.config.latents_mean != [0.0] * 48 and reasoner.vae.config.latents_std != [1.0] * 48
     log = _log(straight_run)
     assert [r["step"] for r in log if r.get("stage") == "vae" and "loss" in r] == [1, 2]
+    assert [r["step"] for r in log if r.get("stage") == "decoder" and "loss" in r] == [1, 2]
     assert [r["step"] for r in log if r.get("stage") == "transformer" and "loss" in r] == [1, 2]
     assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["training"]["dit_steps_done"] == 2
     card = (folder / "MODEL_CARD.md").read_text()
     assert metrics["training"]["command"] in card
+
+
+def test_decoder_stage_trains_the_decoder_and_keeps_the_encoder(straight_run, tmp_path):
+    """--init-from a finished folder: the decoder stage changes the decoder only, so the
+    folder's latents (and the transformer trained on them) stay valid."""
+    src = straight_run / "model"
+    assert _train(tmp_path / "ft", "--init-from", str(src), "--decoder-steps", "3", "--dit-steps", "1") == 0
+    a, b = _weights(src), _weights(tmp_path / "ft" / "model")
+    vae = [k for k in a if k.startswith("vae.")]
+    moved = {k for k in vae if not np.array_equal(a[k], b[k])}
+    assert moved and all(k.startswith(("vae.decoder.", "vae.post_quant_conv.")) for k in moved)
+    assert any(k.startswith("vae.decoder.") for k in moved)
+    log = _log(tmp_path / "ft")
+    assert [r["step"] for r in log if r.get("stage") == "decoder" and "loss" in r] == [1, 2, 3]
+    assert "VAE decoder fine-tuning (encoder frozen): 3 steps" in (tmp_path / "ft" / "model" / "MODEL_CARD.md").read_text()
+
+
+def test_decoder_minutes_zero_skips_the_stage(tmp_path):
+    assert _train(tmp_path / "nodec", "--decoder-minutes", "0") == 0
+    assert not [r for r in _log(tmp_path / "nodec") if r.get("stage") == "decoder"]
+    metrics = json.loads((tmp_path / "nodec" / "model" / "metrics.json").read_text())
+    assert (metrics["training"]["dec_steps_done"], metrics["training"]["dec_stop"]) == (0, "skipped")
 
 
 def test_wan22_temporal_compression_option(tmp_path):
@@ -107,12 +130,16 @@ def test_resume_continues_the_step_counter_and_matches_a_straight_run(straight_r
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert (state["stage"], state["step"]) == ("vae", 1)
     assert not (out / "model").exists()
-    assert _train(out, "--resume", "--stop-after", "1") == 0  # VAE step 2, transformer step 1
+    assert _train(out, "--resume", "--stop-after", "1") == 0  # VAE step 2, decoder step 1
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert (state["stage"], state["step"]) == ("decoder", 1)
+    assert _train(out, "--resume", "--stop-after", "1") == 0  # decoder step 2, transformer step 1
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert (state["stage"], state["step"]) == ("transformer", 1)
     assert _train(out, "--resume") == 0
     log = _log(out)
     assert [r["step"] for r in log if r.get("stage") == "vae" and "loss" in r] == [1, 2]
+    assert [r["step"] for r in log if r.get("stage") == "decoder" and "loss" in r] == [1, 2]
     assert [r["step"] for r in log if r.get("stage") == "transformer" and "loss" in r] == [1, 2]
     a, b = _weights(straight_run / "model"), _weights(out / "model")
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -134,12 +161,12 @@ def test_init_from_continues_the_transformer_on_the_folders_vae(straight_run, tm
     the transformer starts from the folder's and changes; the card names the folder and its command."""
     src = straight_run / "model"
     out = tmp_path / "more"
-    assert _train(out, "--init-from", str(src), "--stop-after", "1") == 0  # killed in the transformer stage
+    assert _train(out, "--init-from", str(src), "--stop-after", "1", "--decoder-minutes", "0") == 0  # killed in the transformer stage
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert (state["stage"], state["step"]) == ("transformer", 1)
-    assert _train(out, "--init-from", str(src), "--resume") == 0
+    assert _train(out, "--init-from", str(src), "--resume", "--decoder-minutes", "0") == 0
     log = _log(out)
-    assert not [r for r in log if r.get("stage") == "vae" and "loss" in r]
+    assert not [r for r in log if r.get("stage") in ("vae", "decoder") and "loss" in r]
     assert [r["step"] for r in log if r.get("stage") == "transformer" and "loss" in r] == [1, 2]
     a, b = _weights(src), _weights(out / "model")
     assert a.keys() == b.keys()
@@ -152,13 +179,13 @@ def test_init_from_continues_the_transformer_on_the_folders_vae(straight_run, tm
     card = (out / "model" / "MODEL_CARD.md").read_text()
     assert made_by in card and "not trained in this run" in card
     with pytest.raises(UserError, match="different settings"):  # resumed without the folder
-        _train(out, "--resume")
+        _train(out, "--resume", "--decoder-minutes", "0")
 
 
 def test_vae_from_trains_a_new_transformer_of_another_shape(straight_run, tmp_path):
     src = straight_run / "model"
     out = tmp_path / "wider"
-    assert _train(out, "--vae-from", str(src), "--dit-layers", "2") == 0
+    assert _train(out, "--vae-from", str(src), "--dit-layers", "2", "--decoder-minutes", "0") == 0
     a, b = _weights(src), _weights(out / "model")
     assert all(np.array_equal(a[k], b[k]) for k in a if k.startswith(("vae.", "text_encoder.")))
     cfg = json.loads((out / "model" / "transformer" / "config.json").read_text())

@@ -15,11 +15,15 @@ One command runs the whole recipe on a CPU in well under an hour:
    verifier): extra loss weight on agent/box/target pixels, and a *cell code*
    loss that asks the first latent channels (6 + 3 per covered frame) to hold each cell's background
    class and, per covered frame, its object (``grid_videos.cell_codes``).
-2. **Latent cache** - the ground-truth videos of the train split and their
+2. **Decoder** - the decoder alone trains on whole videos from the frozen
+   encoder's latents (``--decoder-minutes``): the crop-trained VAE smeared the
+   moving box into the floor, and a frozen encoder keeps every latent (and a
+   transformer trained on them) valid, so ``--init-from`` runs this stage too.
+3. **Latent cache** - the ground-truth videos of the train split and their
    counterfactual pairs (same first frame, another named goal colour) are
    encoded once; the per-channel mean/std of these latents become the VAE's
    ``latents_mean``/``latents_std``, as in real Wan checkpoints.
-3. **Transformer** - a small ``WanTransformer3DModel`` (patch 1x1x1: one token
+4. **Transformer** - a small ``WanTransformer3DModel`` (patch 1x1x1: one token
    per cell per latent frame) learns flow matching exactly as ``WanReasoner``
    samples: latent frame 0 is the clean encoded first frame with timestep 0
    on its tokens, the other tokens share the timestep ``sigma * 1000``,
@@ -46,7 +50,7 @@ same machine (pass the logged plans as ``--vae-steps``/``--dit-steps`` with a
 generous ``--minutes`` to repeat a run exactly).
 
 Starting from another run: ``--init-from FOLDER`` keeps a finished pipeline
-folder's VAE, text encoder and tokenizer, skips the VAE stage and trains its
+folder's VAE, text encoder and tokenizer, skips the VAE stage (not the decoder stage) and trains its
 transformer on for all of ``--minutes`` (longer training in several runs);
 ``--vae-from FOLDER`` trains a new transformer, of any ``--dit-*`` shape, on the
 folder's VAE (a bigger transformer without retraining the VAE). The card names
@@ -76,13 +80,14 @@ from ..files import atomic_folder, write_json, write_text
 from ..runtime import machine_line
 from .scaffold import JsonlLog, StepPlan, command_record, save_safetensors, warmup_cosine
 
-STAGES = ("vae", "latents", "transformer", "done")
+STAGES = ("vae", "decoder", "latents", "transformer", "done")
 METRICS_NAME = "metrics.json"  # the figures the card is generated from, beside the weights
 #: the model-shaping arguments; a resumed run must use the same ones
 ARCH_KEYS = ("seed", "train_tasks", "vae_base_dim", "vae_steps", "vae_batch", "vae_images", "vae_crop", "vae_lr",
              "vae_clip_crop", "vae_temporal",
              "vae_kl", "vae_object_weight", "vae_code_weight",
-             "dit_steps", "dit_batch", "dit_lr", "dit_object_weight", "dit_layers", "dit_heads", "dit_head_dim", "dit_ffn",
+             "decoder_minutes", "decoder_steps", "decoder_batch", "decoder_lr", "decoder_object_weight",
+             "dit_steps", "dit_batch", "dit_lr", "dit_object_weight", "dit_sigma_one", "dit_layers", "dit_heads", "dit_head_dim", "dit_ffn",
              "text_dim", "text_layers", "text_heads", "flow_shift", "sampler_steps", "max_sequence_length",
              "init_from", "vae_from")
 NUM_FRAMES, SIZE, FPS = 9, 96, 8
@@ -135,6 +140,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "4x VAE trained for 26 min drew walls and targets crisply but dropped the moving agent "
                         "in every frame after the first, so no reconstructed video passed the verifier")
     g.add_argument("--vae-share", type=float, default=0.35, help="fraction of --minutes for the VAE")
+    g = p.add_argument_group("VAE decoder fine-tuning (after the VAE, before the latent cache)")
+    g.add_argument("--decoder-minutes", type=float, default=8.0,
+                   help="wall-clock budget of the decoder stage, on top of --minutes (0: skip). The encoder is "
+                        "frozen, so the latents, and a transformer trained on them, stay valid; measured (issue "
+                        "14): 6 min of it took the shipped VAE's ground-truth round trip on 20 push tasks from "
+                        "8 to 20 passing")
+    g.add_argument("--decoder-steps", type=int, default=3000, help="step cap of the decoder stage")
+    g.add_argument("--decoder-batch", type=int, default=4, help="whole (uncropped) videos per step")
+    g.add_argument("--decoder-lr", type=float, default=3e-4)
+    g.add_argument("--decoder-object-weight", type=float, default=8.0,
+                   help="extra loss weight on agent, box and target pixels (default %(default)s)")
     g = p.add_argument_group("text encoder and transformer")
     g.add_argument("--text-dim", type=int, default=64)
     g.add_argument("--text-layers", type=int, default=2)
@@ -147,6 +163,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra loss weight on the tokens of cells where the agent or the box is, or just was "
                         "(default %(default)s; 0 = plain flow matching, which left the moving agent and the box "
                         "faded in generated frames: they cover 1-2 of 36 cells)")
+    g.add_argument("--dit-sigma-one", type=float, default=0.3,
+                   help="share of training examples at noise level 1, the only level a 1-step sampler uses "
+                        "(default %(default)s; the rest: see sample_sigmas)")
     g.add_argument("--dit-layers", type=int, default=6)
     g.add_argument("--dit-heads", type=int, default=4)
     g.add_argument("--dit-head-dim", type=int, default=24)
@@ -165,15 +184,19 @@ def _check_args(args) -> None:
         raise UserError(f"--vae-images must be >= 0, got {args.vae_images}")
     positive = ("train_tasks", "vae_steps", "vae_batch", "vae_crop", "vae_clip_crop", "vae_base_dim", "text_dim",
                 "text_layers",
-                "text_heads", "max_sequence_length", "dit_steps", "dit_batch", "dit_layers", "dit_heads",
+                "text_heads", "decoder_steps", "decoder_batch", "max_sequence_length", "dit_steps", "dit_batch", "dit_layers", "dit_heads",
                 "dit_head_dim", "dit_ffn", "sampler_steps", "checkpoint_every", "threads")
     for key in positive:
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
     if args.minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {args.minutes}")
+    if args.decoder_minutes < 0:
+        raise UserError(f"--decoder-minutes must be >= 0 (0 skips the stage), got {args.decoder_minutes}")
     if not 0 < args.vae_share < 1:
         raise UserError(f"--vae-share must be between 0 and 1, got {args.vae_share}")
+    if not 0 <= args.dit_sigma_one <= 1:
+        raise UserError(f"--dit-sigma-one must be between 0 and 1, got {args.dit_sigma_one}")
     if args.dit_head_dim % 2 or args.dit_head_dim < 8:
         raise UserError("--dit-head-dim must be even and >= 8 (Wan's 3-axis rotary embedding)")
     if args.eval_tasks < 0:
@@ -225,12 +248,23 @@ class VaeSettings:
 
 
 @dataclass(frozen=True)
+class DecoderSettings:
+    """The decoder stage: the ``--decoder-*`` options, in seconds."""
+    steps: int
+    batch: int
+    lr: float
+    object_weight: float
+    budget_s: float
+
+
+@dataclass(frozen=True)
 class TransformerSettings:
     """The transformer stage: the ``--dit-*`` training options and its share of ``--minutes`` in seconds."""
     steps: int
     batch: int
     lr: float
     object_weight: float
+    sigma_one: float
     budget_s: float
 
 
@@ -424,6 +458,7 @@ def _np_rng(state: dict | None, seed: int, stream: int) -> np.random.Generator:
 
 
 # ---------------------------------------------------------------------------- the shared training loop
+SUMMARY_PREFIX = {"vae": "vae", "decoder": "dec", "transformer": "dit"}  # of each stage's *_steps_done etc.
 CALIBRATION_STEPS = 20  # steps timed before a stage fixes how many steps fit in its time budget
 REPLAN_EVERY = 100  # a time-limited stage re-checks its plan this often (the shared machine's speed drifts)
 
@@ -452,7 +487,7 @@ def _train_loop(name: str, loop: LoopSettings, models, opt, params, run_state: d
     rng = _np_rng(run_state.get("np_rng"), loop.seed, stream)
     plan = StepPlan(steps, budget_s, run_state.get("planned"), calibration=CALIBRATION_STEPS,
                     replan_every=REPLAN_EVERY)
-    keep = {k: v for k, v in run_state.items() if k.startswith("vae_")}  # earlier stages' summaries
+    keep = {k: v for k, v in run_state.items() if k.startswith(("vae_", "dec_"))}  # earlier stages' summaries
     elapsed0 = float(run_state.get("elapsed", 0.0))
     t0 = time.time()
     elapsed = lambda: elapsed0 + time.time() - t0  # noqa: E731
@@ -495,7 +530,7 @@ def _train_loop(name: str, loop: LoopSettings, models, opt, params, run_state: d
     if plan.cut_by_time(step):
         reason = "time"  # the plan cut the stage short to fit the budget
     log.write(stage=name, event="end", step=step, planned=plan.planned, reason=reason, seconds=round(elapsed(), 1))
-    prefix = "vae" if name == "vae" else "dit"
+    prefix = SUMMARY_PREFIX[name]
     ckpt.save(models, {**keep, "stage": next_stage, "step": 0, f"{prefix}_steps_done": step,
                        f"{prefix}_stop": reason, f"{prefix}_seconds": elapsed()}, None)
     return True
@@ -537,13 +572,49 @@ def train_vae(cfg: VaeSettings, loop: LoopSettings, models, tasks, run_state, ck
 
     finished = _train_loop("vae", loop, models, opt, list(vae.parameters()), run_state, ckpt, log,
                            steps=cfg.steps, base_lr=cfg.lr, warmup=min(20, cfg.steps // 5 + 1),
-                           budget_s=cfg.budget_s, stream=1, next_stage="latents",
+                           budget_s=cfg.budget_s, stream=1, next_stage="decoder",
                            train_step=train_step)
     vae.eval().requires_grad_(False)
     return finished
 
 
-# ---------------------------------------------------------------------------- stage 2: latent cache
+# ---------------------------------------------------------------------------- stage 2: decoder
+def train_decoder(cfg: DecoderSettings, loop: LoopSettings, models, tasks, run_state, ckpt: Checkpoint,
+                  log: JsonlLog, device) -> bool:
+    """The decoder alone on whole videos, from the frozen encoder's latents. True when finished.
+
+    The VAE stage trains on small crops, and what it leaves is a decoder that
+    smears the brown box into the floor when it moves (issue 14: 12 of 20 push
+    round trips failed on an unknown colour or a missing box; every maze passed).
+    The encoder stays as it is, so the latent cache and any transformer trained on
+    it remain valid (``--init-from`` a finished folder runs this stage too)."""
+    from .grid_videos import vae_video
+
+    vae = models["vae"].to(device).eval()
+    vae.requires_grad_(False)
+    params = [p for name, p in vae.named_parameters() if name.startswith(("decoder.", "post_quant_conv."))]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+
+    def train_step(step: int, rng: np.random.Generator):
+        x = _to_pixels([vae_video(tasks, rng)[0] for _ in range(cfg.batch)], device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()  # what the latent cache holds
+        rec = vae.decode(z, return_dict=False)[0]
+        w = salience_weights(x, cfg.object_weight)
+        mse = torch.sum(w * (rec - x) ** 2) / w.sum()
+        l1 = torch.sum(w * torch.abs(rec - x)) / w.sum()
+        return mse + l1, {"mse": mse.item(), "l1": l1.item()}
+
+    finished = _train_loop("decoder", loop, models, opt, params, run_state, ckpt, log,
+                           steps=cfg.steps, base_lr=cfg.lr, warmup=min(20, cfg.steps // 5 + 1),
+                           budget_s=cfg.budget_s, stream=2, next_stage="latents", train_step=train_step)
+    vae.requires_grad_(False)
+    return finished
+
+
+# ---------------------------------------------------------------------------- stage 3: latent cache
 def _make_reasoner(shape: ModelShape, models, device):
     """A WanReasoner over the in-memory components: the same text encoding and
     normalisation code that sampling uses (one place for each idea)."""
@@ -590,16 +661,17 @@ def build_latent_cache(models, tasks, out: Path, log: JsonlLog, device) -> dict[
     return cache
 
 
-# ---------------------------------------------------------------------------- stage 3: transformer
-def sample_sigmas(batch: int, sampler_sigmas: list[float], shift: float) -> torch.Tensor:
-    """High-noise-heavy levels: 30% exactly 1 (the first sampler step, the one the
-    test-time method optimises), 30% the sampler's other levels, 40% a shifted
-    uniform draw (shift 3: most mass above 0.5)."""
+# ---------------------------------------------------------------------------- stage 4: transformer
+def sample_sigmas(batch: int, sampler_sigmas: list[float], shift: float, one_share: float = 0.3) -> torch.Tensor:
+    """High-noise-heavy levels: ``one_share`` exactly 1 (the first sampler step, the one the
+    test-time method optimises), then half the rest the sampler's other levels (1 again for a
+    1-step sampler) and half a shifted uniform draw (shift 3: most mass above 0.5)."""
     kind = torch.rand(batch)
     pick = torch.tensor(sampler_sigmas[1:-1] or [1.0])[torch.randint(len(sampler_sigmas[1:-1]) or 1, (batch,))]
     u = torch.rand(batch)
     cont = shift * u / (1 + (shift - 1) * u)
-    return torch.where(kind < 0.3, torch.ones(batch), torch.where(kind < 0.6, pick, cont))
+    split = one_share + (1 - one_share) / 2
+    return torch.where(kind < one_share, torch.ones(batch), torch.where(kind < split, pick, cont))
 
 
 def object_weights(latents: torch.Tensor, temporal: int, weight: float) -> torch.Tensor:
@@ -642,7 +714,7 @@ def train_transformer(dit: TransformerSettings, shape: ModelShape, loop: LoopSet
     def train_step(step: int, rng: np.random.Generator):
         idx = torch.from_numpy(rng.integers(n, size=dit.batch)).to(device)
         x0 = x_all[idx]
-        s = sample_sigmas(dit.batch, sigmas, 3.0).to(device)
+        s = sample_sigmas(dit.batch, sigmas, 3.0, dit.sigma_one).to(device)
         eps = torch.randn(x0.shape).to(device)
         xt = flow.pin_first_frame(flow.noisy(x0, eps, s), x0[:, :, :1])  # frame 0 = the clean first-frame latent
         ts = flow.timesteps(s, reasoner.num_train_timesteps, tokens, device=device)
@@ -755,8 +827,10 @@ def model_card(metrics: dict[str, Any]) -> str:
     else:
         what = "VAE, text encoder and transformer" if start["flag"] == "--init-from" else "VAE and text encoder"
         how = f"from the {what} of another run (`{start['flag']}`)"
-        vae_line = (f"- started from `{start['folder']}` ({start['model_id']}): its {what}; the VAE was not "
-                    "trained in this run. That folder was made by (newest first): "
+        vae_trained = ("its decoder was fine-tuned in this run (below), its encoder was not"
+                       if tr.get("dec_steps_done") else "the VAE was not trained in this run")
+        vae_line = (f"- started from `{start['folder']}` ({start['model_id']}): its {what}; {vae_trained}. "
+                    "That folder was made by (newest first): "
                     + "; ".join(f"`{c}`" for c in start["lineage"]))
     lines = [
         "# grid-wan: the embedded Reasoner of vlm-teacher",
@@ -775,6 +849,8 @@ def model_card(metrics: dict[str, Any]) -> str:
         f"- machine: {tr['machine']}",
         f"- torch {tr['torch']}, diffusers {tr['diffusers']}, transformers {tr['transformers']}",
         vae_line,
+        *([f"- VAE decoder fine-tuning (encoder frozen): {tr['dec_steps_done']} steps (stopped by: "
+           f"{tr['dec_stop']}), {tr['dec_seconds'] / 60:.1f} min"] if "dec_steps_done" in tr else []),
         f"- transformer: {tr['dit_steps_done']} steps (stopped by: {tr['dit_stop']}), "
         f"{tr['dit_seconds'] / 60:.1f} min",
         f"- transformer training videos: {tr['samples']} ({tr['counterfactual_samples']} counterfactual "
@@ -866,6 +942,7 @@ def _run(args) -> int:
     origin = start_folder(init_from=args.init_from, vae_from=args.vae_from)
     shape, loop = _pick(ModelShape, args), _pick(LoopSettings, args)
     vae = _pick(VaeSettings, args, "vae_", budget_s=args.minutes * 60 * args.vae_share)
+    decoder = _pick(DecoderSettings, args, "decoder_", budget_s=args.decoder_minutes * 60)
     dit = _pick(TransformerSettings, args, "dit_",
                 budget_s=args.minutes * 60 * (1 - vae_share(origin, args.vae_share)))
     ckpt = Checkpoint(args.out)
@@ -874,7 +951,7 @@ def _run(args) -> int:
     models = build_models(shape)
     start = take_from_folder(origin, shape, models) if origin else None
     if not args.resume:
-        run_state = _begin(args.out, _config(args), models, ckpt, start)
+        run_state = _begin(args.out, _config(args), models, ckpt, start, decoder=decoder.budget_s > 0)
     log = JsonlLog(args.out / "log.jsonl")
     log.write(event="start", resume=bool(args.resume), stage=run_state["stage"], step=run_state.get("step", 0),
               command=_command(args) + (" --resume" if args.resume else ""))
@@ -883,7 +960,7 @@ def _run(args) -> int:
 
     tasks = train_tasks(args.train_tasks, seed=0)
     run_state = _train_stages(models, tasks, run_state, ckpt, log, device, out=args.out, shape=shape, loop=loop,
-                              vae=vae, dit=dit)
+                              vae=vae, decoder=decoder, dit=dit)
     if run_state is None:
         return 0
     cache = build_latent_cache(models, tasks, args.out, log, device)  # re-applies latents_mean/std
@@ -929,11 +1006,11 @@ def _resume_state(out: Path, ckpt: Checkpoint, current: dict[str, Any], *, resum
     return run_state
 
 
-def _begin(out: Path, config: dict[str, Any], models, ckpt: Checkpoint, start) -> dict[str, Any]:
+def _begin(out: Path, config: dict[str, Any], models, ckpt: Checkpoint, start, *, decoder: bool) -> dict[str, Any]:
     """A fresh run's config.json and first state (a model taken from a folder skips the VAE stage)."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config)
-    run_state = ({"stage": "latents", "step": 0, "vae_steps_done": 0, "vae_stop": "taken from the folder",
+    run_state = ({"stage": "decoder", "step": 0, "vae_steps_done": 0, "vae_stop": "taken from the folder",
                   "vae_seconds": 0.0} if start else {"stage": "vae", "step": 0})
     if start:
         ckpt.save(models, run_state, None)  # the starting point, so that every later stage resumes alike
@@ -941,8 +1018,9 @@ def _begin(out: Path, config: dict[str, Any], models, ckpt: Checkpoint, start) -
 
 
 def _train_stages(models, tasks, run_state, ckpt: Checkpoint, log: JsonlLog, device, *, out: Path, shape: ModelShape,
-                  loop: LoopSettings, vae: VaeSettings, dit: TransformerSettings) -> dict[str, Any] | None:
-    """The VAE and transformer stages from wherever ``run_state`` is; the final state, or None
+                  loop: LoopSettings, vae: VaeSettings, decoder: DecoderSettings,
+                  dit: TransformerSettings) -> dict[str, Any] | None:
+    """The VAE, decoder and transformer stages from wherever ``run_state`` is; the final state, or None
     when --stop-after cut a stage (its checkpoint is written)."""
     if run_state["stage"] == "vae":
         if not train_vae(vae, loop, models, tasks, run_state, ckpt, log, device):
@@ -951,6 +1029,15 @@ def _train_stages(models, tasks, run_state, ckpt: Checkpoint, log: JsonlLog, dev
         run_state = ckpt.load_state()
     else:
         ckpt.load_into(models, None, run_state)
+    if run_state["stage"] == "decoder":
+        if decoder.budget_s <= 0:
+            run_state = {**run_state, "stage": "latents", "step": 0, "dec_steps_done": 0, "dec_stop": "skipped",
+                         "dec_seconds": 0.0}
+        elif not train_decoder(decoder, loop, models, tasks, run_state, ckpt, log, device):
+            print(f"stopped in the decoder stage; continue with --resume (checkpoint in {ckpt.dir})")
+            return None
+        else:
+            run_state = ckpt.load_state()
     cache = build_latent_cache(models, tasks, out, log, device)
     if run_state["stage"] in ("latents", "transformer"):
         if run_state["stage"] == "latents":
@@ -978,8 +1065,8 @@ def _metrics(models, cache, run_state, start, folder: Path, log: JsonlLog, *, sh
             "seed": shape.seed, "train_tasks_per_family": train_tasks,
             **({"start": start} if start is not None else {}),
             "samples": int(cache["latents"].shape[0]), "counterfactual_samples": int(cache["counterfactual"].sum()),
-            **{k: run_state[k] for k in ("vae_steps_done", "vae_stop", "vae_seconds", "dit_steps_done",
-                                         "dit_stop", "dit_seconds")},
+            **{k: run_state[k] for k in ("vae_steps_done", "vae_stop", "vae_seconds", "dec_steps_done",
+                                         "dec_stop", "dec_seconds", "dit_steps_done", "dit_stop", "dit_seconds")},
         },
         "size": {
             "vae_base_dim": shape.vae_base_dim, "vae_params": count(models["vae"]),
@@ -991,7 +1078,8 @@ def _metrics(models, cache, run_state, start, folder: Path, log: JsonlLog, *, sh
         },
         "defaults": json.loads((folder / "vlm_teacher.json").read_text()),
     }
-    metrics["training"]["train_minutes"] = (run_state["vae_seconds"] + run_state["dit_seconds"]) / 60
+    metrics["training"]["train_minutes"] = (run_state["vae_seconds"] + run_state["dec_seconds"]
+                                            + run_state["dit_seconds"]) / 60
     return metrics
 
 
