@@ -252,3 +252,29 @@ def test_object_weights_mark_where_the_agent_is_and_just_was():
         assert marked == expected, (t, marked, expected)
     assert set(torch.unique(w).tolist()) == {1.0, 9.0}
     assert torch.equal(object_weights(latents, temporal=1, weight=0.0), torch.ones_like(w)[None, None])
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused(tmp_path):
+    from vlm_teacher.recipes.scaffold import WorkLock
+
+    with WorkLock(tmp_path / "busy", "test holder"):
+        with pytest.raises(UserError, match="in use by another"):
+            _train(tmp_path / "busy")
+    assert not (tmp_path / "busy" / "log.jsonl").exists()  # refused before writing anything
+    assert _train(tmp_path / "busy") == 0  # the lock is released with its holder
+
+
+def test_progress_total_follows_the_budget_before_the_plan():
+    from vlm_teacher.recipes.scaffold import StepPlan
+
+    plan = StepPlan(3000, 60.0, None, calibration=20, replan_every=100)
+    assert plan.expected_total(5, 10.0) == 30  # 2 s a step: 30 steps fit in 60 s, not the 3000-step cap
+    assert plan.expected_total(0, 0.0) == 3000
+    plan.update(20, 40.0)
+    assert plan.planned == 30 and plan.expected_total(25, 1000.0) == 30
+
+
+def test_the_command_prints_each_parts_time(straight_run, capsys, tmp_path):
+    assert _train(tmp_path / "timed") == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("time: ")]
+    assert len(line) == 1 and "decoder" in line[0] and "evaluation" in line[0] and "in all" in line[0]

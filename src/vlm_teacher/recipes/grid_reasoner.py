@@ -78,7 +78,7 @@ import torch
 from ..errors import UserError
 from ..files import atomic_folder, write_json, write_text
 from ..runtime import machine_line
-from .scaffold import JsonlLog, StepPlan, command_record, save_safetensors, warmup_cosine
+from .scaffold import JsonlLog, StepPlan, WorkLock, command_record, save_safetensors, warmup_cosine
 
 STAGES = ("vae", "decoder", "latents", "transformer", "done")
 METRICS_NAME = "metrics.json"  # the figures the card is generated from, beside the weights
@@ -98,9 +98,10 @@ TRAINED = ("vae", "transformer")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="work folder (model/, log.jsonl, checkpoint/)")
     p.add_argument("--minutes", type=float, default=55.0,
-                   help="wall-clock budget of the two training stages (default %(default)s: with the latent "
-                        "cache and the evaluation the whole run takes about an hour on a 2-core CPU); "
-                        "--vae-share of it for the VAE, the rest for the transformer")
+                   help="wall-clock budget of the VAE and transformer stages (default %(default)s), "
+                        "--vae-share of it for the VAE, the rest for the transformer; the decoder stage "
+                        "(--decoder-minutes), the latent cache (about 2 min) and the evaluation (--eval-tasks, "
+                        "about 3 min at 25) come on top, and the command prints each part's time at the end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     p.add_argument("--export", type=Path, default=None,
@@ -517,10 +518,11 @@ def _train_loop(name: str, loop: LoopSettings, models, opt, params, run_state: d
         log.write(stage=name, step=step, loss=loss.item(), **record, grad_norm=float(gnorm),
                   lr=opt.param_groups[0]["lr"])
         if plan.update(step, elapsed()):
-            bar.total = plan.planned
-            bar.refresh()
             log.write(stage=name, event="plan", step=step, planned=plan.planned,
                       seconds_per_step=round(elapsed() / step, 3), budget_s=round(budget_s, 1))
+        if bar.total != plan.expected_total(step, elapsed()):
+            bar.total = plan.expected_total(step, elapsed())
+            bar.refresh()
         if step % loop.checkpoint_every == 0 and step < plan.total:
             ckpt.save(models, state(), opt)
     bar.close()
@@ -930,7 +932,8 @@ def run(args) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run(args)
+        with WorkLock(args.out, "`vlm-teacher train reasoner`"):
+            return _run(args)
     finally:
         torch.set_num_threads(threads)
 
@@ -985,7 +988,18 @@ def _run(args) -> int:
         print(f"test pass rate {ev['test']['pass_rate']:.2f} (mean score {ev['test']['mean_score']:.3f}); "
               f"ood pass rate {ev['ood']['pass_rate']:.2f} (mean score {ev['ood']['mean_score']:.3f})")
     print(f"model folder: {folder} ({metrics['size']['folder_mb']:.1f} MB)")
+    print(time_summary(metrics["training"]))
     return 0
+
+
+def time_summary(training: dict[str, Any]) -> str:
+    """Where the command's time went: each stage's (over all invocations of a resumed run), the
+    evaluation's and this invocation's total, so a budget that covers only the stages surprises no one."""
+    stages = (training["vae_seconds"] + training.get("dec_seconds", 0.0) + training["dit_seconds"]) / 60
+    return (f"time: VAE {training['vae_seconds'] / 60:.1f} min, decoder {training.get('dec_seconds', 0.0) / 60:.1f} "
+            f"min, transformer {training['dit_seconds'] / 60:.1f} min (the budgeted stages: {stages:.1f} min), "
+            f"evaluation {training['eval_minutes']:.1f} min; this invocation took "
+            f"{training['invocation_minutes']:.1f} min in all (model loading, the latent cache and saving included)")
 
 
 def _resume_state(out: Path, ckpt: Checkpoint, current: dict[str, Any], *, resume: bool) -> dict[str, Any] | None:

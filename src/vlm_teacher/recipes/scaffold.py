@@ -85,6 +85,54 @@ class StepPlan:
     def cut_by_time(self, step: int) -> bool:
         return step >= self.total and self.planned is not None and self.planned < self.steps
 
+    def expected_total(self, step: int, elapsed_s: float) -> int:
+        """The step count to show on a progress bar: the plan, or before it is made the steps that
+        the speed so far fits in the budget (so the bar's ETA follows the budget, not the step cap)."""
+        if self.planned is not None or step == 0 or elapsed_s <= 0:
+            return self.total
+        return min(self.steps, max(step, int(self.budget_s * step / elapsed_s)))
+
+
+class WorkLock:
+    """One trainer per work folder: an exclusive ``flock`` on ``<folder>/.lock``, held while the
+    recipe runs and released by the kernel when the process ends (a kill leaves no stale lock)."""
+
+    def __init__(self, folder: Path, what: str) -> None:
+        self.path = Path(folder) / ".lock"
+        self.what = what
+        self._fh = None
+
+    def __enter__(self) -> "WorkLock":
+        import fcntl
+        import os
+
+        from ..errors import UserError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise UserError(f"{self.path.parent} is in use by another {self.what} ({holder}); wait for it to "
+                            "finish (or stop it), or choose another folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
 
 def command_record(words: str, args: argparse.Namespace, add_arguments: Callable[[argparse.ArgumentParser], None],
                    required: dict[str, str], leave_out: Iterable[str] = ()) -> str:
