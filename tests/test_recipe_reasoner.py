@@ -57,6 +57,7 @@ def test_recipe_writes_a_loadable_wan_folder(straight_run):
     task = grid_tasks("test", n=1)[0]
     video = reasoner.generate(reasoner.prepare(task.prompt, task.first_frame(), seed=0))
     assert tuple(video.shape) == (9, 3, 96, 96)
+    assert json.loads((folder / "tto.json").read_text()) == {"lr": 2e-3}  # --tto-lr's default
     # latents_mean/std come from the data, not the placeholder zeros/ones
     assert reasoner.vae.config.latents_mean != [0.0] * 48 and reasoner.vae.config.latents_std != [1.0] * 48
     log = _log(straight_run)
@@ -86,7 +87,8 @@ def test_decoder_stage_trains_the_decoder_and_keeps_the_encoder(straight_run, tm
 
 
 def test_decoder_minutes_zero_skips_the_stage(tmp_path):
-    assert _train(tmp_path / "nodec", "--decoder-minutes", "0") == 0
+    assert _train(tmp_path / "nodec", "--decoder-minutes", "0", "--tto-lr", "0") == 0
+    assert not (tmp_path / "nodec" / "model" / "tto.json").exists()  # the paper's lr applies
     assert not [r for r in _log(tmp_path / "nodec") if r.get("stage") == "decoder"]
     metrics = json.loads((tmp_path / "nodec" / "model" / "metrics.json").read_text())
     assert (metrics["training"]["dec_steps_done"], metrics["training"]["dec_stop"]) == (0, "skipped")

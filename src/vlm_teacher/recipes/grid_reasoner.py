@@ -77,6 +77,7 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_folder, write_json, write_text
+from ..optimize import MODEL_TTO_FILE
 from ..runtime import machine_line
 from .scaffold import JsonlLog, StepPlan, WorkLock, command_record, save_safetensors, warmup_cosine
 
@@ -87,7 +88,8 @@ ARCH_KEYS = ("seed", "train_tasks", "vae_base_dim", "vae_steps", "vae_batch", "v
              "vae_clip_crop", "vae_temporal",
              "vae_kl", "vae_object_weight", "vae_code_weight",
              "decoder_minutes", "decoder_steps", "decoder_batch", "decoder_lr", "decoder_object_weight",
-             "dit_steps", "dit_batch", "dit_lr", "dit_object_weight", "dit_sigma_one", "dit_layers", "dit_heads", "dit_head_dim", "dit_ffn",
+             "dit_steps", "dit_batch", "dit_lr", "dit_object_weight", "dit_sigma_one", "dit_layers", "dit_heads",
+             "dit_head_dim", "dit_ffn",
              "text_dim", "text_layers", "text_heads", "flow_shift", "sampler_steps", "max_sequence_length",
              "init_from", "vae_from")
 NUM_FRAMES, SIZE, FPS = 9, 96, 8
@@ -175,6 +177,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sampler-steps", type=int, default=1,
                    help="sampler steps saved in vlm_teacher.json (default 1: the video is the first-step "
                         "prediction the teacher judges; grid.md, issue 14)")
+    g.add_argument("--tto-lr", type=float, default=2e-3,
+                   help="the test-time loop's learning rate that the folder's tto.json sets for this model "
+                        "(default %(default)s, chosen with the oracle reward on train tasks: "
+                        "benchmarks/results/grid.md; 0: no tto.json, so the paper's 5e-5 applies)")
     g.add_argument("--checkpoint-every", type=int, default=200)
     # tests: end the current stage after this many steps of this invocation, as if killed
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
@@ -190,6 +196,8 @@ def _check_args(args) -> None:
     for key in positive:
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if not args.tto_lr >= 0:
+        raise UserError(f"--tto-lr must be >= 0 (0: no tto.json), got {args.tto_lr}")
     if args.minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {args.minutes}")
     if args.decoder_minutes < 0:
@@ -207,8 +215,8 @@ def _check_args(args) -> None:
 # ---------------------------------------------------------------------------- the stages' settings
 @dataclass(frozen=True)
 class ModelShape:
-    """What builds the models and the sampler defaults (``build_models``, ``take_from_folder``,
-    ``save_pipeline``, the card's sizes); the options of the same names."""
+    """What builds the models, the sampler defaults and the folder's test-time settings
+    (``build_models``, ``take_from_folder``, ``save_pipeline``, the card's sizes); the options of the same names."""
     seed: int
     text_dim: int
     text_layers: int
@@ -222,6 +230,7 @@ class ModelShape:
     dit_ffn: int
     flow_shift: float
     sampler_steps: int
+    tto_lr: float
 
 
 @dataclass(frozen=True)
@@ -747,6 +756,8 @@ def save_pipeline(shape: ModelShape, models, folder: Path) -> Path:
     with atomic_folder(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / "vlm_teacher.json", asdict(_defaults(shape)))
+        if shape.tto_lr > 0:
+            write_json(tmp / MODEL_TTO_FILE, {"lr": shape.tto_lr})
     return folder
 
 
@@ -871,6 +882,8 @@ def model_card(metrics: dict[str, Any]) -> str:
         f"{size['text_params'] / 1e6:.2f} M parameters; offline byte-level BPE tokenizer",
         f"- scheduler: FlowMatchEulerDiscreteScheduler, shift {size['flow_shift']}; "
         f"defaults (vlm_teacher.json): {metrics['defaults']}",
+        *([f"- test-time settings (tto.json, read by `vlm-teacher run` and `bench` before their flags): "
+           f"{metrics['tto']}"] if metrics.get("tto") else []),
         f"- folder size: {size['folder_mb']:.1f} MB",
         "",
         "## Intended use and limits",
@@ -932,8 +945,7 @@ def run(args) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        with WorkLock(args.out, "`vlm-teacher train reasoner`"):
-            return _run(args)
+        return _run(args)
     finally:
         torch.set_num_threads(threads)
 
@@ -949,10 +961,21 @@ def _run(args) -> int:
     dit = _pick(TransformerSettings, args, "dit_",
                 budget_s=args.minutes * 60 * (1 - vae_share(origin, args.vae_share)))
     ckpt = Checkpoint(args.out)
-    run_state = _resume_state(args.out, ckpt, _config(args), resume=args.resume)
+    _resume_state(args.out, ckpt, _config(args), resume=args.resume)  # refuse a bad --resume before loading
     # models first: a bad --init-from / --vae-from folder fails before anything is written
     models = build_models(shape)
     start = take_from_folder(origin, shape, models) if origin else None
+    with WorkLock(args.out, "`vlm-teacher train reasoner`"):
+        # read again under the lock: another trainer may have moved the checkpoint on meanwhile
+        run_state = _resume_state(args.out, ckpt, _config(args), resume=args.resume)
+        return _train_and_ship(args, t_start, device, shape, loop, vae, decoder, dit, ckpt, run_state, models,
+                               start)
+
+
+def _train_and_ship(args, t_start: float, device, shape: ModelShape, loop: LoopSettings, vae: VaeSettings,
+                    decoder: DecoderSettings, dit: TransformerSettings, ckpt: Checkpoint, run_state, models,
+                    start) -> int:
+    """Everything that writes into --out (held under its WorkLock): the stages, the folder, its figures."""
     if not args.resume:
         run_state = _begin(args.out, _config(args), models, ckpt, start, decoder=decoder.budget_s > 0)
     log = JsonlLog(args.out / "log.jsonl")
@@ -1091,6 +1114,7 @@ def _metrics(models, cache, run_state, start, folder: Path, log: JsonlLog, *, sh
             "folder_mb": _dir_megabytes(folder),
         },
         "defaults": json.loads((folder / "vlm_teacher.json").read_text()),
+        **({"tto": json.loads((folder / MODEL_TTO_FILE).read_text())} if (folder / MODEL_TTO_FILE).is_file() else {}),
     }
     metrics["training"]["train_minutes"] = (run_state["vae_seconds"] + run_state["dec_seconds"]
                                             + run_state["dit_seconds"]) / 60
