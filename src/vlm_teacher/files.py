@@ -62,6 +62,21 @@ def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old)
 
 
+def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a folder to write into (it need not exist yet): a UserError, before any work is
+    done, when it or a folder above it is a file, or when it cannot be created there."""
+    from .errors import UserError
+
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside {existing}, which is a file"
+        raise UserError(f"{flag} {path} {where}; give a folder path (it is created if missing)")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write in {existing} (permission denied); give another folder")
+    return path
+
+
 def safe_name(text: str) -> str:
     """``text`` as one path component: anything but letters, digits and ``._+-`` becomes ``-``."""
     return "".join(c if c.isalnum() or c in "._+-" else "-" for c in text)

@@ -49,9 +49,9 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..files import write_json
+from ..files import check_output_folder, write_json
 from ..identity import MODEL_RECORD_FILES, model_id
-from ..runtime import machine_info
+from ..runtime import device_and_dtype, machine_info
 from ..store import ResultsStore
 from ..suites.vbvr import import_vbvr_scores
 from .executors import run_local, run_ray
@@ -104,6 +104,9 @@ def run_bench(cfg: BenchConfig, *, executor: str = "local", workers: int | None 
     if executor == "local" and workers not in (None, 1):
         raise UserError("--workers is for --executor ray; with the local executor start several bench processes "
                         "on the same --out instead (they share the work through claims)")
+    check_output_folder(cfg.out)
+    if executor == "local":  # Ray's workers check theirs (the driver may have no GPU)
+        device_and_dtype(cfg.device, cfg.dtype)
     suite = cfg.load_suite()
     instances = plan(cfg, suite)
     cfg.out.mkdir(parents=True, exist_ok=True)
