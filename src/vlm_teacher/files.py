@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+#: in the name of every temporary file ``atomic_path`` makes (``remove_temporaries`` finds them)
+TMP_MARK = ".tmp-"
 
 
 @contextmanager
@@ -24,9 +27,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix or ".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temporary(dest, suffix or dest.suffix or ".tmp")
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -35,6 +36,32 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _new_temporary(dest: Path, suffix: str) -> Path:
+    """Create ``.<name>.tmp-<random><suffix>`` beside ``dest``, mode 0666 less the umask (what a
+    plain ``open`` gives, so the renamed file has the mode any other output has)."""
+    for _ in range(100):
+        tmp = dest.with_name(f".{dest.name}{TMP_MARK}{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {dest}")
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove what ``atomic_path`` left in ``folder`` when its process was killed mid-write (not in
+    subfolders); only for a folder no other process is writing into (a claimed instance's run
+    folder). Returns the removed paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [p for p in folder.glob(f".*{TMP_MARK}*") if p.is_file()]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 @contextmanager
