@@ -120,12 +120,12 @@ class GridFolderSuite(GridSuite):
     split, index and seed, the values that determine a task."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        from .grid import load_split
+        from .grid import SPLITS, load_split
 
         root = Path(folder).expanduser()
         if not root.is_dir():
-            raise UserError(f"grid task folder not found: {root}; write one with `vlm-teacher grid make --out "
-                            f"{root}`, or use a built-in split (grid:test)")
+            raise UserError(f"unknown grid split {str(folder)!r} and no such folder: use grid:{' | grid:'.join(SPLITS)}, "
+                            f"or grid:PATH for a folder written by `vlm-teacher grid make --out PATH`")
         if (root / "metadata.json").is_file():
             raise UserError(f"{root} is one task folder; give the folder that holds the task folders "
                             f"({root.parent})")
