@@ -257,3 +257,40 @@ def test_bench_never_shows_a_traceback(flags, tmp_path_factory, capsys):
     code, err = _assert_no_traceback(argv, capsys)
     if code == 2 and "usage:" not in err:
         assert err.strip().startswith("error: ") and "\n" not in err.strip(), err
+
+
+_VALUES = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                    st.none(), st.text(max_size=4))
+
+
+@settings(max_examples=200, deadline=None)
+@given(changes=st.dictionaries(st.sampled_from(["lr", "weight_decay", "grad_clip", "lora_rank", "lora_alpha", "lam",
+                                                "tau", "num_frames_shown", "max_steps", "fixed_steps"]),
+                               _VALUES, max_size=4))
+def test_settings_that_pass_validation_are_accepted_by_the_loop(changes):
+    """Whatever tto_config accepts, the loop's parts accept too (AdamW, gradient clipping, the
+    peft LoRA, the frame choice, the loss): so no accepted setting fails after the models loaded."""
+    import math
+
+    import torch
+    from peft import LoraConfig
+
+    from vlm_teacher.errors import UserError
+    from vlm_teacher.objective import weighted_loss
+    from vlm_teacher.optimize import tto_config
+    from vlm_teacher.reasoner.base import uniform_frame_indices
+
+    try:
+        cfg = tto_config(changes)
+    except UserError:
+        return
+    param = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.AdamW([param], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    param.grad = torch.ones(2)
+    norm = torch.nn.utils.clip_grad_norm_([param], cfg.grad_clip)
+    optimizer.step()
+    assert torch.isfinite(param).all() and math.isfinite(float(norm))
+    LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank, target_modules=list(cfg.lora_targets))
+    assert len(uniform_frame_indices(9, cfg.num_frames_shown)) >= 1
+    assert math.isfinite(float(weighted_loss(torch.tensor([-0.5, -0.7]), cfg.lam)))
+    assert isinstance(cfg.budget, int) and not isinstance(cfg.budget, bool) and cfg.budget >= 0
