@@ -99,3 +99,14 @@ def test_make_bench_cpu_writes_no_tracked_file():
     ci = (ROOT / ".ci" / "run").read_text()
     (ci_line,) = [ln for ln in ci.splitlines() if ln.startswith("make bench-cpu")]
     assert "BENCH_CPU_OUT=" in ci_line and "mktemp" in ci_line  # CI: a scratch folder
+
+
+def test_run_into_a_folder_a_killed_run_left_removes_its_temporaries(tmp_path, tiny_wan_dir, tiny_qwen25_dir):
+    from vlm_teacher.cli import main
+
+    out = tmp_path / "out"
+    left = _killed_mid_write(out / "video.mp4")
+    assert main(["run", "--reasoner", str(tiny_wan_dir), "--teacher", str(tiny_qwen25_dir), "--prompt",
+                 "Move the agent.", "--out", str(out), "--quiet", "--fixed-steps", "1", "--k", "2"]) == 0
+    assert not any(p.exists() for p in left) and (out / "video.mp4").is_file()
+    assert not list(out.glob(f".*{TMP_MARK}*"))

@@ -22,7 +22,7 @@ log = logging.getLogger("vlm_teacher")
 
 
 def cmd_run(args) -> int:
-    from ..files import check_output_folder, write_json
+    from ..files import check_output_folder, remove_temporaries, write_json
     from ..optimize import teach, tto_config
     from ..outputs import write_result
     from ..reasoner.base import check_num_frames
@@ -56,6 +56,7 @@ def cmd_run(args) -> int:
 
     result = teach(reasoner, teacher, task, config, seed=args.seed, queries=queries,
                    num_frames=args.frames, progress=not args.quiet)
+    remove_temporaries(args.out)  # what an earlier, killed run into this folder left half-written
     paths = write_result(args.out, result, fps=reasoner.fps, reasoner=reasoner)
     write_json(Path(args.out) / "task.json", {"prompt": prompt, "image": str(args.image) if args.image else None,
                                               "seed": args.seed, "reasoner": str(args.reasoner),
