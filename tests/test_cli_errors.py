@@ -72,6 +72,7 @@ def test_a_safetensors_header_that_is_garbage_is_damaged(tmp_path):
     (["--lr", "nan"], "lr"), (["--lr", "-1"], "lr"), (["--lr", "0"], "lr"), (["--lr", "inf"], "lr"),
     (["--tau", "nan"], "tau"), (["--lam", "nan"], "lam"), (["--lam", "1.5"], "lam"), (["--rank", "0"], "lora_rank"),
     (["--k", "0"], "num_frames_shown"), (["--steps", "-1"], "max_steps"), (["--fixed-steps", "-3"], "fixed_steps"),
+    (["--lr", "3e37"], "lr"),
 ])
 @pytest.mark.parametrize("command", ["run", "bench"])
 def test_every_tto_setting_is_checked_before_any_model_loads(command, flags, field, tmp_path, capsys):

@@ -97,8 +97,10 @@ class TTOConfig:
         number("num_frames_shown", 1, integer=True)
         number("lora_rank", 1, integer=True)
         number("lora_alpha", 0, above=True, optional=True)
-        number("lr", 0, above=True)
-        number("weight_decay", 0)
+        # an AdamW step moves a weight by about lr, and decoupled decay scales it by 1 - lr * weight_decay:
+        # above 1 either leaves any sensible range (and overflows for huge values)
+        number("lr", 0, above=True, high=1.0)
+        number("weight_decay", 0, high=1.0)
         number("grad_clip", 0, above=True)
         if isinstance(self.lora_targets, str) or not all(isinstance(t, str) and t for t in self.lora_targets or ()):
             raise ValueError(f"lora_targets must be a non-empty list of module names, got {self.lora_targets!r}")

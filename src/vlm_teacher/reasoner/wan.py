@@ -159,7 +159,10 @@ def _read_flow_shift(root: Path) -> tuple[float, int]:
 def _load_component(what: str, loader, folder: Path, **kwargs):
     from ..weights import check_weight_folder
 
-    check_weight_folder(folder)  # a damaged file is named as such, not as a loader's error
+    try:
+        check_weight_folder(folder)  # a damaged file is named as such, not as a loader's error
+    except UserError as exc:
+        raise UserError(f"cannot load the {what}: {exc}") from None
     try:
         return loader(folder, use_safetensors=True, **kwargs)
     except UserError:

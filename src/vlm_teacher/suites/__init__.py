@@ -31,7 +31,8 @@ import numpy as np
 from ..errors import UserError
 from ..task import Task
 
-SUITE_SPECS = ("grid:<train|test|ood|ood8>", "grid:PATH (tasks from `grid make`)", "vbvr:<dataset root>", "ruler:<dataset root>")
+SUITE_SPECS = ("grid:<train|test|ood|ood8>", "grid:PATH (tasks from `grid make`)", "vbvr:<dataset root>",
+               "ruler:<dataset root>")
 
 
 @dataclass
@@ -124,8 +125,9 @@ class GridFolderSuite(GridSuite):
 
         root = Path(folder).expanduser()
         if not root.is_dir():
-            raise UserError(f"unknown grid split {str(folder)!r} and no such folder: use grid:{' | grid:'.join(SPLITS)}, "
-                            f"or grid:PATH for a folder written by `vlm-teacher grid make --out PATH`")
+            raise UserError(f"unknown grid split {str(folder)!r} and no such folder: use "
+                            f"grid:{' | grid:'.join(SPLITS)}, or grid:PATH for a folder written by "
+                            "`vlm-teacher grid make --out PATH`")
         if (root / "metadata.json").is_file():
             raise UserError(f"{root} is one task folder; give the folder that holds the task folders "
                             f"({root.parent})")
