@@ -25,8 +25,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# scratch output: the committed benchmarks/results/cpu_step.* change only when asked for
+# (`$(PY) benchmarks/cpu_step.py` without --out, or BENCH_CPU_OUT=benchmarks/results/cpu_step)
+BENCH_CPU_OUT ?= bench_out/cpu_step
+
 bench-cpu: $(STAMP)
-	$(PY) benchmarks/cpu_step.py
+	$(PY) benchmarks/cpu_step.py --out $(BENCH_CPU_OUT)
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out bench_out .pytest_cache

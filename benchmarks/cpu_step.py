@@ -1,7 +1,7 @@
 """CPU benchmark of the grid defaults: seconds per step, per instance, peak memory.
 
-CI runs it (``make bench-cpu``, from ``.ci/run``) as a smoke check: it asserts no
-times. It runs the real loop (``optimize.teach``) with the paper's settings (TTOConfig
+CI runs it (``make bench-cpu``, from ``.ci/run``, writing to a scratch path) as a smoke
+check: it asserts no times. It runs the real loop (``optimize.teach``) with the paper's settings (TTOConfig
 defaults: K = 24, rank 16, lr 5e-5, lambda 0.5) on one grid task (96x96, 9 frames),
 with a fixed budget of 16 steps (the paper's average) so the instance cost is
 comparable: queries written by the teacher + 16 steps + the final generation. It also
@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random", action="store_true", help="use tiny random models even if embedded ones exist")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: steady on a shared CPU, where more threads spin and stall)")
-    p.add_argument("--out", default="cpu_step")
+    p.add_argument("--out", type=Path, default=C.RESULTS / "cpu_step",
+                   help="writes OUT.md and OUT.json (default: the committed benchmarks/results/cpu_step; "
+                        "`make bench-cpu` and CI give a scratch path, so they change no tracked file)")
     a = p.parse_args(argv)
     command = ("python benchmarks/cpu_step.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None
                                                                                      else sys.argv[1:]))).strip()
@@ -120,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         "(shared CPU: times vary with other work).",
         f"Whole benchmark: {time.perf_counter() - t_start:.0f} s.",
     ]
-    path = C.write_results(a.out, "CPU step benchmark (grid defaults)", command, table, [row],
-                           {"machine": C.machine(), "loadavg": load, "config": res.config}, notes)
+    path = C.write_results(a.out.name, "CPU step benchmark (grid defaults)", command, table, [row],
+                           {"machine": C.machine(), "loadavg": load, "config": res.config}, notes,
+                           out_dir=a.out.parent)
     print(table)
     print(f"written {path}")
     return 0

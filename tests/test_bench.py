@@ -410,3 +410,162 @@ def test_model_id_follows_weights_and_config_not_the_measured_figures(tmp_path):
     (folder / "config.json").write_text('{"hidden_size": 8}')
     (folder / "sub" / "model.safetensors").write_bytes(b"weights-b")
     assert model_id(folder) != first
+
+
+def test_model_id_covers_every_weight_byte(tmp_path, monkeypatch):
+    """A change past the first MiB of a weight file (same size) is a new identity."""
+    monkeypatch.setenv("VLM_TEACHER_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weights = folder / "model.safetensors"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes())
+    weights.write_bytes(bytes(data))
+    first = model_id(folder)
+    data[(3 << 20) - 5] ^= 0xFF  # one byte near the end
+    weights.write_bytes(bytes(data))
+    assert model_id(folder) != first
+
+
+def test_model_id_digests_are_cached_by_size_and_mtime(tmp_path, monkeypatch):
+    """A file's digest is kept (in the cache folder, for the next process) under its path, size
+    and mtime: the same size and mtime are not hashed again; a new mtime is."""
+    from vlm_teacher import identity
+
+    monkeypatch.setenv("VLM_TEACHER_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    old = time.time() - 3600
+    os.utime(weights, (old, old))
+    first = model_id(folder)
+    cached = json.loads((tmp_path / "cache" / identity.DIGEST_CACHE_FILE).read_text())
+    assert any(k.startswith(str(weights.resolve()) + "|1000|") for k in cached)
+    monkeypatch.setattr(identity, "_memory", {})  # a new process: only the disk cache is left
+    weights.write_bytes(b"b" * 1000)
+    os.utime(weights, (old, old))  # size and mtime restored by hand: the cache cannot tell
+    assert model_id(folder) == first
+    os.utime(weights, (old + 1, old + 1))
+    assert model_id(folder) != first
+    # a file written just now is hashed every time (a rewrite within one timestamp tick keeps its mtime)
+    weights.write_bytes(b"c" * 1000)
+    recent = model_id(folder)
+    weights.write_bytes(b"d" * 1000)
+    assert model_id(folder) != recent
+
+
+def _stale_doc_hash(monkeypatch, cfg, method_name, change):
+    from vlm_teacher.bench.plan import config_hash
+    from vlm_teacher.methods import parse_method
+
+    method = parse_method(method_name)
+    models = {"reasoner": "r-1", "teacher": "t-1"}
+    before = config_hash(method, cfg, models)
+    change()
+    return before, config_hash(method, cfg, models)
+
+
+@pytest.mark.parametrize("method_name", ["tto", "tto_lam1", "tto_oracle", "best_of_n:3"])
+def test_a_changed_default_is_a_new_key(method_name, tmp_path, monkeypatch, tiny_wan_dir):
+    """The key hashes the resolved settings, so a default that changes (here: what the
+    settings resolve to without any flag) cannot reuse the rows made under the old one."""
+    import importlib
+
+    from vlm_teacher.optimize import TTOConfig
+
+    plan_module = importlib.import_module("vlm_teacher.bench.plan")
+
+    cfg = BenchConfig(suite="grid:test", methods=[method_name], out=tmp_path, reasoner=tiny_wan_dir)
+    field = "lam" if method_name.startswith("best_of_n") else "lr"
+    changed = {"lam": 0.7} if field == "lam" else {"lr": 1e-3}
+    before, after = _stale_doc_hash(monkeypatch, cfg, method_name, lambda: monkeypatch.setattr(
+        plan_module, "tto_config", lambda changes, folder: TTOConfig(**{**changed, **changes})))
+    assert before != after
+
+
+def test_explicit_default_and_no_flag_share_a_key(tmp_path, tiny_wan_dir):
+    """Settings are hashed resolved: --lr with the default's value is the same run as no --lr."""
+    from vlm_teacher.bench.plan import config_hash
+    from vlm_teacher.methods import parse_method
+    from vlm_teacher.optimize import tto_config
+
+    lr = tto_config({}, tiny_wan_dir).lr
+    a = BenchConfig(suite="grid:test", methods=["tto"], out=tmp_path, reasoner=tiny_wan_dir)
+    b = BenchConfig(suite="grid:test", methods=["tto"], out=tmp_path, reasoner=tiny_wan_dir, tto={"lr": lr})
+    method, models = parse_method("tto"), {"reasoner": "r", "teacher": "t"}
+    assert config_hash(method, a, models) == config_hash(method, b, models)
+
+
+@pytest.mark.parametrize("method_name", ["frozen", "tto", "best_of_n:2", "solver", "videotpo:1",
+                                         "oracle_pass_at_n:2"])
+def test_a_new_method_code_version_is_a_new_key(method_name, tmp_path, monkeypatch, tiny_wan_dir):
+    from vlm_teacher.methods import parse_method
+
+    cfg = BenchConfig(suite="grid:test", methods=[method_name], out=tmp_path, reasoner=tiny_wan_dir)
+    cls = type(parse_method(method_name))
+    before, after = _stale_doc_hash(monkeypatch, cfg, method_name,
+                                    lambda: monkeypatch.setattr(cls, "version", cls.version + 1))
+    assert before != after
+
+
+# ------------------------------------------------------------------ failures visible to scripts
+def test_bench_exits_non_zero_with_a_summary_when_instances_fail(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    argv = ["bench", "--suite", "grid:test", "--methods", "frozen", "--limit", "2", "--out", str(tmp_path / "b"),
+            "--reasoner", str(missing), "--quiet", "--no-teacher-eval"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "2 of the 2 instances run now failed (0 done)" in err
+    assert "frozen maze-test-00000 seed 0: Wan model folder not found" in err
+    assert "--allow-failures" in err and "Traceback" not in err
+    # a resume with nothing left to run: the old failures are not this invocation's
+    assert main(argv) == 0
+    # accepted failures: exit 0, the summary still printed
+    assert main([*argv, "--retry-failed", "--allow-failures"]) == 0
+    assert "2 of the 2 instances run now failed" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ suites from disk
+@pytest.mark.parametrize("given", ["root", "split"])
+def test_bench_runs_a_folder_written_by_grid_make(given, tmp_path, tiny_wan_dir, capsys):
+    from vlm_teacher.suites import load_suite
+    from vlm_teacher.suites.grid import grid_tasks
+
+    root = tmp_path / "heldout"
+    assert main(["grid", "make", "--split", "test", "--n", "1", "--seed", "3", "--out", str(root)]) == 0
+    path = root if given == "root" else root / "test"
+    suite = load_suite(f"grid:{path}")
+    assert set(suite.ids()) == {t.id for t in grid_tasks("test", n=1, seed=3)} == {"maze-test-s3-00000",
+                                                                                   "push-test-s3-00000"}
+    out = tmp_path / "b"
+    assert main(["bench", "--suite", f"grid:{path}", "--methods", "frozen", "--out", str(out), "--reasoner",
+                 str(tiny_wan_dir), "--quiet", "--no-teacher-eval"]) == 0
+    with open_store(out) as store:
+        rows = store.rows()
+    assert {r["task_id"] for r in rows} == set(suite.ids()) and all(r["status"] == "done" for r in rows)
+    assert {r["suite"] for r in rows} == {f"grid:{path.resolve()}"}
+    assert all(r["score"] is not None for r in rows)
+    # the verdict is the task's: the disk task and the generated one score alike
+    task = suite.task("maze-test-s3-00000")
+    assert task.metadata == grid_tasks("test", n=1, seed=3)[0].to_task().metadata
+
+
+def test_a_grid_folder_that_is_not_one_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for spec, match in ((f"grid:{tmp_path / 'nowhere'}", "no such folder"),
+                        (f"grid:{tmp_path / 'empty'}", "holds no grid task folders")):
+        assert main(["bench", "--suite", spec, "--methods", "frozen", "--out", str(tmp_path / "b"),
+                     "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and match in err and "\n" not in err
+
+
+def test_every_grid_option_has_help_text():
+    from vlm_teacher.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["grid"]
+    gsub = next(a for a in sub._actions if a.dest == "grid_command")
+    for name in ("make", "verify"):
+        for action in gsub.choices[name]._actions:
+            if action.dest != "help":
+                assert action.help, f"grid {name} {action.option_strings} has no help text"

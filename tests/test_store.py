@@ -291,3 +291,48 @@ def test_forked_child_reopens_its_own_connection(tmp_path):
     store.put(_row("parent-again", score=1.0))  # the parent's connection still works
     assert [r["task_id"] for r in store.rows()] == ["from-child", "from-parent", "parent-again"]
     store.close()
+
+
+def test_the_local_executor_renews_the_claim_of_a_slow_instance(tmp_path, monkeypatch):
+    """An instance that runs for three lease lengths keeps its claim: a second process trying to
+    take the key meanwhile is refused. The instance's work is a sleep here (what is under test is
+    the executor's heartbeat, not the models)."""
+    from vlm_teacher.bench import BenchConfig, Instance, run_local
+    from vlm_teacher.bench.runner import InstanceRunner
+
+    path = tmp_path / "r.sqlite"
+    key = Key("grid:test", "maze-test-00000", "frozen", 0, "c1")
+    inst = Instance(key, "frozen", "runs/frozen/maze-test-00000/seed0-c1", "frozen_s0_c1")
+    ttl = 1.0
+    taken_over: list[bool] = []
+
+    def slow_run(self, instance):
+        other = ResultsStore(path)
+        deadline = time.monotonic() + 3 * ttl
+        while time.monotonic() < deadline:
+            time.sleep(ttl / 5)
+            taken_over.append(other.claim(instance.key, "other-process"))
+        other.close()
+        return {**instance.key._asdict(), "status": "done", "score": 1.0}
+
+    monkeypatch.setattr(InstanceRunner, "run", slow_run)
+    rows = []
+    with ResultsStore(path, claim_ttl_s=ttl) as store:
+        run_local(BenchConfig(suite="grid:test", methods=["frozen"], out=tmp_path), [inst], store, rows.append)
+        assert store.get(key)["status"] == "done" and store.claims(live_only=False) == []
+    assert len(taken_over) >= 10 and not any(taken_over)
+    assert [r["status"] for r in rows] == ["done"]
+
+
+def test_claim_renewer_stops_renewing_on_exit(tmp_path):
+    from vlm_teacher.store import ClaimRenewer
+
+    key = Key("grid", "t", "m", 0, "c")
+    with ResultsStore(tmp_path / "r.sqlite", claim_ttl_s=0.4) as store:
+        assert store.claim(key, "A")
+        with ClaimRenewer(store, "A", lambda: [key]) as renewer:
+            time.sleep(1.0)
+        assert renewer.renewals >= 3
+        assert not store.claim(key, "B")  # renewed a moment ago
+        time.sleep(0.6)
+        assert store.claim(key, "B")  # no heartbeat after the block: the lease ran out

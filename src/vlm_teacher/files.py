@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+#: in the name of every temporary file ``atomic_path`` makes (``remove_temporaries`` finds them)
+TMP_MARK = ".tmp-"
 
 
 @contextmanager
@@ -24,9 +27,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or dest.suffix or ".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temporary(dest, suffix or dest.suffix or ".tmp")
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -35,6 +36,32 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _new_temporary(dest: Path, suffix: str) -> Path:
+    """Create ``.<name>.tmp-<random><suffix>`` beside ``dest``, mode 0666 less the umask (what a
+    plain ``open`` gives, so the renamed file has the mode any other output has)."""
+    for _ in range(100):
+        tmp = dest.with_name(f".{dest.name}{TMP_MARK}{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {dest}")
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove what ``atomic_path`` left in ``folder`` when its process was killed mid-write (not in
+    subfolders); only for a folder no other process is writing into (a claimed instance's run
+    folder). Returns the removed paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [p for p in folder.glob(f".*{TMP_MARK}*") if p.is_file()]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 @contextmanager
@@ -60,6 +87,21 @@ def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
     tmp.rename(dest)
     if old.exists():
         shutil.rmtree(old)
+
+
+def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a folder to write into (it need not exist yet): a UserError, before any work is
+    done, when it or a folder above it is a file, or when it cannot be created there."""
+    from .errors import UserError
+
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside {existing}, which is a file"
+        raise UserError(f"{flag} {path} {where}; give a folder path (it is created if missing)")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write in {existing} (permission denied); give another folder")
+    return path
 
 
 def safe_name(text: str) -> str:

@@ -164,10 +164,13 @@ class Method:
     needs_verifier = False
     checks_preview = False  # with a verifier: also judge the first-step preview of the (adapted) reasoner
     description = ""
+    #: the version of what this method's code computes: bump it when a change alters the output for
+    #: the same settings (it is part of the result key, so the rows of the old code are not reused)
+    version = 1
 
     def config(self) -> dict[str, Any]:
         """The settings that determine this method's output (part of the result key)."""
-        return {"method": self.name}
+        return {"method": self.name, "version": self.version}
 
     def run(self, ctx: MethodContext, task: Task, seed: int) -> MethodOutput:
         """Run on one task and seed; the cost is measured here, the same way for all methods."""

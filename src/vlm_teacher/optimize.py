@@ -73,17 +73,44 @@ class TTOConfig:
     queries: str = "task"         # task (teacher-written) | generic (ablation)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
-        if self.max_steps < 0 or (self.fixed_steps is not None and self.fixed_steps < 0):
-            raise ValueError("step budgets must be >= 0")
-        if self.num_frames_shown < 1:
-            raise ValueError("num_frames_shown (K) must be >= 1")
+        """Every field checked here, the one home of the rules (``tto_config`` turns a failure into
+        a UserError before any model loads)."""
+        def number(name: str, low: float | None = None, *, above: bool = False, high: float | None = None,
+                   integer: bool = False, optional: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and optional:
+                return
+            kind = "an integer" if integer else "a number"
+            if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+                raise ValueError(f"{name} must be {kind}, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if low is not None and (value <= low if above else value < low):
+                raise ValueError(f"{name} must be {'>' if above else '>='} {low:g}, got {value!r}")
+            if high is not None and value > high:
+                raise ValueError(f"{name} must be <= {high:g}, got {value!r}")
+
+        number("lam", 0.0, high=1.0)
+        number("tau")
+        number("max_steps", 0, integer=True)
+        number("fixed_steps", 0, integer=True, optional=True)
+        number("num_frames_shown", 1, integer=True)
+        number("lora_rank", 1, integer=True)
+        number("lora_alpha", 0, above=True, optional=True)
+        # an AdamW step moves a weight by about lr, and decoupled decay scales it by 1 - lr * weight_decay:
+        # above 1 either leaves any sensible range (and overflows for huge values)
+        number("lr", 0, above=True, high=1.0)
+        number("weight_decay", 0, high=1.0)
+        number("grad_clip", 0, above=True)
+        if isinstance(self.lora_targets, str) or not all(isinstance(t, str) and t for t in self.lora_targets or ()):
+            raise ValueError(f"lora_targets must be a non-empty list of module names, got {self.lora_targets!r}")
+        self.lora_targets = tuple(self.lora_targets)
+        if not self.lora_targets:
+            raise ValueError("lora_targets must name at least one module")
         if self.x0_mode not in X0_MODES:
             raise ValueError(f"x0_mode must be one of {X0_MODES}, got {self.x0_mode!r}")
         if self.queries not in ("task", "generic"):
             raise ValueError(f"queries must be 'task' or 'generic', got {self.queries!r}")
-        self.lora_targets = tuple(self.lora_targets)
 
     @property
     def budget(self) -> int:
@@ -105,10 +132,15 @@ def tto_config(changes: dict[str, Any] | None = None, model_folder: str | Path |
     path = Path(model_folder) / MODEL_TTO_FILE if model_folder is not None else None
     if path is not None and path.is_file():
         settings = read_settings(path, (f.name for f in fields(TTOConfig)))
+    if settings:
+        try:
+            TTOConfig(**settings)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"bad optimisation setting in {path}: {exc}") from None
     try:
         return TTOConfig(**{**settings, **(changes or {})})
     except (TypeError, ValueError) as exc:
-        raise UserError(f"bad optimisation setting{f' (with {path})' if settings else ''}: {exc}") from None
+        raise UserError(f"bad optimisation setting: {exc}") from None
 
 
 @dataclass

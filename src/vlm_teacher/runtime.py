@@ -32,9 +32,23 @@ def device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     try:
-        return torch.device(device), getattr(torch, dtype)
-    except (RuntimeError, AttributeError):
-        raise UserError(f"unknown --device {device!r} or --dtype {dtype!r} (try cpu/cuda and float32/bfloat16)") from None
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: this torch has no usable CUDA GPU "
+                            f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} "
+                            "CUDA); use --device cpu, or install a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s) "
+                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    torch_dtype = getattr(torch, str(dtype), None) if not str(dtype).startswith("_") else None
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+        raise UserError(f"unknown --dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return dev, torch_dtype
 
 
 def quiet_libraries() -> None:

@@ -16,7 +16,8 @@ Concurrency model
 * To keep two processes from *running* the same instance at the same time, a
   process :meth:`~ResultsStore.claim` s a key before running it. A claim is a
   lease: it names the worker, the host and pid of the claiming process, and
-  expires after ``ttl_s`` seconds unless renewed (:meth:`~ResultsStore.renew`).
+  expires after ``ttl_s`` seconds unless renewed (:meth:`~ResultsStore.renew`; the
+  bench's executors renew theirs from a :class:`ClaimRenewer` thread while instances run).
   A claim whose process is gone (same host, pid no longer alive) is stale at
   once; a claim from another host is stale when it expires. :meth:`put` of the
   result drops the claim in the same transaction, so "done" and "claimed" never
@@ -424,6 +425,41 @@ class ResultsStore:
         rows = self._read("SELECT * FROM claims ORDER BY claimed_at")
         now = time.time()
         return [r for r in rows if not live_only or not _stale(r["host"], r["pid"], r["expires_at"], now)]
+
+
+class ClaimRenewer:
+    """A heartbeat: while open, a daemon thread renews ``worker``'s claims on ``keys()`` every
+    ``store.claim_ttl_s / 4`` seconds, so an instance that runs longer than the lease keeps it.
+
+        with ClaimRenewer(store, worker, lambda: [key]):
+            row = run(instance)
+
+    ``keys`` is called on the thread; it must return a snapshot (a new list)."""
+
+    def __init__(self, store: "ResultsStore", worker: str, keys, every_s: float | None = None) -> None:
+        self.store, self.worker, self.keys = store, worker, keys
+        self.every_s = store.claim_ttl_s / 4 if every_s is None else float(every_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.renewals = 0
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            for key in self.keys():
+                try:
+                    self.renewals += self.store.renew(key, self.worker)
+                except sqlite3.Error:  # a busy or briefly unavailable store: the next beat tries again
+                    pass
+
+    def __enter__(self) -> "ClaimRenewer":
+        self._thread = threading.Thread(target=self._beat, name="claim-renewer", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 # ----------------------------------------------------------------- helpers

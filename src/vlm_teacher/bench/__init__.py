@@ -23,9 +23,13 @@ once). So ``kill -9`` loses at most the instances that were running, and a
 re-run does exactly those; ``put`` replaces by key, so a row is never
 duplicated.
 
-The result key's ``config_hash`` covers the method's settings, the models'
-identities and the video length, so ablations, other teachers or other
-settings land in new rows instead of overwriting old ones.
+The result key's ``config_hash`` covers the method's settings and code version, the
+whole resolved optimisation config, the models' identities (every weight byte) and the
+video length, so ablations, other teachers, other settings, changed defaults or changed
+method code land in new rows instead of reusing or overwriting old ones
+(``plan.KEY_VERSION`` says what a store written by an older version holds). A running
+instance's claim is renewed by its worker (``store.ClaimRenewer``), so a slow instance is
+never taken over by a second bench process.
 
 Executors: ``local`` runs the instances one after another in this process (run
 several bench processes on one store to use several devices by hand); ``ray``
@@ -42,16 +46,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..files import write_json
+from ..files import check_output_folder, write_json
 from ..identity import MODEL_RECORD_FILES, model_id
-from ..runtime import machine_info
+from ..runtime import device_and_dtype, machine_info
 from ..store import ResultsStore
 from ..suites.vbvr import import_vbvr_scores
 from .executors import run_local, run_ray
@@ -73,6 +77,10 @@ class BenchSummary:
     failed: int = 0
     rejudged: int = 0
     skipped: int = 0  # claimed by another live bench process (or finished by it meanwhile)
+    errors: list[str] = field(default_factory=list)  # "method task seed N: message" of the first failures
+
+    #: failures named in ``errors`` (the rest are counted)
+    MAX_ERRORS: ClassVar[int] = 3
 
     def line(self) -> str:
         text = f"{self.total} instances: {self.already_done} already done, {self.ran} ran now ({self.failed} failed)"
@@ -81,6 +89,15 @@ class BenchSummary:
         if self.skipped:
             text += f", {self.skipped} left to other bench processes running on this folder"
         return text
+
+    def failure_report(self) -> str:
+        """What failed in this invocation: how many of the instances it ran, and the first errors."""
+        lines = [f"{self.failed} of the {self.ran} instances run now failed ({self.ran - self.failed} done):"]
+        lines += [f"  {e}" for e in self.errors]
+        if self.failed > len(self.errors):
+            lines.append(f"  ... and {self.failed - len(self.errors)} more (the error column of the store's "
+                         "failed rows)")
+        return "\n".join(lines)
 
 
 def open_store(out: str | os.PathLike) -> ResultsStore:
@@ -104,6 +121,9 @@ def run_bench(cfg: BenchConfig, *, executor: str = "local", workers: int | None 
     if executor == "local" and workers not in (None, 1):
         raise UserError("--workers is for --executor ray; with the local executor start several bench processes "
                         "on the same --out instead (they share the work through claims)")
+    check_output_folder(cfg.out)
+    if executor == "local":  # Ray's workers check theirs (the driver may have no GPU)
+        device_and_dtype(cfg.device, cfg.dtype)
     suite = cfg.load_suite()
     instances = plan(cfg, suite)
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +139,10 @@ def run_bench(cfg: BenchConfig, *, executor: str = "local", workers: int | None 
 
     def on_row(row: dict[str, Any]) -> None:
         summary.ran += 1
-        summary.failed += row.get("status") == "failed"
+        if row.get("status") == "failed":
+            summary.failed += 1
+            if len(summary.errors) < summary.MAX_ERRORS:
+                summary.errors.append(f"{row['method']} {row['task_id']} seed {row['seed']}: {row.get('error')}")
         bar.set_postfix_str(f"{row['method']} {row['task_id']} {row['status']}", refresh=False)
         bar.update(1)
 

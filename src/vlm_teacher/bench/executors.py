@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from ..errors import UserError
-from ..store import Key, ResultsStore, default_worker_id
+from ..store import ClaimRenewer, Key, ResultsStore, default_worker_id
 from .plan import BenchConfig, Instance
 from .runner import InstanceRunner
 
@@ -32,7 +32,8 @@ def run_local(cfg: BenchConfig, instances: Sequence[Instance], store: ResultsSto
                 on_skip(inst)
             continue
         try:
-            row = runner.run(inst)
+            with ClaimRenewer(store, worker, lambda: [inst.key]):  # a slow instance keeps its claim
+                row = runner.run(inst)
         except BaseException:
             store.release(inst.key, worker)
             raise
@@ -187,15 +188,16 @@ def run_ray(cfg: BenchConfig, instances: Sequence[Instance], store: ResultsStore
         actor_cls, n = _actor_class(ray, workers)
         pool = _RayPool(ray, cfg, store, actor_cls, n, list(instances), max_retries, instance_timeout, on_dispatch,
                         on_skip)
-        while pool.queue or pool.running:
-            pool.dispatch()
-            if not pool.running:
-                break
-            inst, row = pool.next_row()
-            if row is not None:
-                store.put(row)
-                pool.held.pop(inst.key, None)
-                on_row(row)
+        with ClaimRenewer(store, pool.worker_id, lambda: list(pool.held)):  # the driver holds every claim
+            while pool.queue or pool.running:
+                pool.dispatch()
+                if not pool.running:
+                    break
+                inst, row = pool.next_row()
+                if row is not None:
+                    store.put(row)
+                    pool.held.pop(inst.key, None)
+                    on_row(row)
     except BaseException:
         if pool is not None:
             pool.release_claims()

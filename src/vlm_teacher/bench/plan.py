@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,10 @@ from ..reasoner.base import check_num_frames
 from ..store import Key
 
 STORE_NAME = "results.sqlite"
+#: what ``config_hash`` covers. 2: the whole resolved TTOConfig and each method's code version (1
+#: hashed only the settings changed from the defaults): rows of a store written under 1 keep their
+#: keys, are not reused by a resume (it runs every instance again, into new rows) and stay readable
+KEY_VERSION = 2
 RECORD_NAME = "bench.json"
 RUNS_DIR = "runs"
 
@@ -106,16 +110,18 @@ class Instance:
 
 
 def config_hash(method, cfg: BenchConfig, models: dict[str, str]) -> str:
-    """Hash of everything that determines a method's output besides task and seed."""
+    """Hash of everything that determines a method's output besides task and seed: the method's
+    settings and code version (``Method.config``), the models' identities, the video length and
+    the whole resolved optimisation config (defaults included, so a changed default is a new key)."""
     # the teacher is part of the key only where it shapes the video (not for frozen / oracle)
     used = {k: v for k, v in models.items() if k == "reasoner" or method.uses_teacher}
-    doc: dict[str, Any] = {"method": method.config(), "models": used, "frames": cfg.num_frames}
-    # Only the settings the user changed from the paper's defaults (the defaults live in the
-    # code): a new TTOConfig field with a default must not orphan the rows already stored.
+    doc: dict[str, Any] = {"key_version": KEY_VERSION, "method": method.config(), "models": used,
+                           "frames": cfg.num_frames}
+    base = cfg.tto_config()
     if isinstance(method, TTO):
-        doc["tto"] = {**cfg.tto, **method.changes}
+        doc["tto"] = asdict(method.resolve(base))
     elif isinstance(method, BestOfN):  # it scores with the teacher on K frames, lambda-weighted
-        doc["tto"] = {k: v for k, v in cfg.tto.items() if k in ("num_frames_shown", "lam")}
+        doc["tto"] = {"num_frames_shown": base.num_frames_shown, "lam": base.lam}
     blob = json.dumps(doc, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

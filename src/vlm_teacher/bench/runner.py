@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..files import write_json
+from ..files import remove_temporaries, write_json
 from ..identity import model_id
 from ..methods import MethodContext, parse_methods
 from ..reasoner import load_reasoner
@@ -87,8 +87,9 @@ class InstanceRunner:
         suite = self.suite
         method = self._methods[inst.method]
         task = suite.task(inst.task_id)
-        out = method.run(ctx, task, inst.seed)
         run_dir = self.cfg.out / inst.run_dir
+        remove_temporaries(run_dir)  # a killed earlier attempt's half-written files (the key is ours now)
+        out = method.run(ctx, task, inst.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         video_path = write_video(run_dir / "video.mp4", out.video, fps=ctx.fps)
         if out.queries is not None:

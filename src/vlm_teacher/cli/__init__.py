@@ -22,7 +22,7 @@ log = logging.getLogger("vlm_teacher")
 
 
 def cmd_run(args) -> int:
-    from ..files import write_json
+    from ..files import check_output_folder, remove_temporaries, write_json
     from ..optimize import teach, tto_config
     from ..outputs import write_result
     from ..reasoner.base import check_num_frames
@@ -35,6 +35,7 @@ def cmd_run(args) -> int:
     prompt = (args.prompt or "").strip()
     if not prompt:
         raise UserError("the prompt is empty: give the task instruction with --prompt TEXT")
+    check_output_folder(args.out)
     image = read_image(args.image) if args.image is not None else None
     task = Task(id="run", prompt=prompt, first_frame=image)  # validates before any model loads
     queries = None
@@ -46,7 +47,7 @@ def cmd_run(args) -> int:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"cannot use --queries {args.queries}: {exc}. Expected JSON {{\"goal\": str, \"process\": [str, ...]}}") from None
     check_num_frames(args.frames)
-    config = tto_config(tto_changes(args), args.reasoner)  # validated before any model loads
+    config = tto_config(tto_changes(args), args.reasoner)  # every setting validated before any model loads
     device, dtype = device_and_dtype(args.device, args.dtype)
     if not args.verbose:
         quiet_libraries()
@@ -55,6 +56,7 @@ def cmd_run(args) -> int:
 
     result = teach(reasoner, teacher, task, config, seed=args.seed, queries=queries,
                    num_frames=args.frames, progress=not args.quiet)
+    remove_temporaries(args.out)  # what an earlier, killed run into this folder left half-written
     paths = write_result(args.out, result, fps=reasoner.fps, reasoner=reasoner)
     write_json(Path(args.out) / "task.json", {"prompt": prompt, "image": str(args.image) if args.image else None,
                                               "seed": args.seed, "reasoner": str(args.reasoner),

@@ -9,6 +9,9 @@ from pathlib import Path
 from ..errors import UserError
 from .options import add_device_args, add_tto_args, tto_changes
 
+#: the exit status of a bench whose run had failed instances (2 is a usage error, as for every command)
+EXIT_FAILED = 1
+
 
 def parse_seeds(text: str) -> list[int]:
     """``0`` | ``0,1,2`` | ``0-4`` (inclusive) | mixes like ``0-2,7``."""
@@ -68,6 +71,12 @@ def cmd_bench(args) -> int:
     if args.vbvr_results is not None:
         print(f"imported {import_vbvr_results(args.out, args.vbvr_results)} VBVR scores from {args.vbvr_results}")
     print(f"results: {Path(args.out) / 'results.sqlite'}; report: vlm-teacher report {args.out}")
+    if summary.failed:
+        print(summary.failure_report(), file=sys.stderr)
+        if not args.allow_failures:
+            print(f"error: {summary.failed} instance(s) failed (exit {EXIT_FAILED}; --allow-failures exits 0; "
+                  "--retry-failed runs them again)", file=sys.stderr)
+            return EXIT_FAILED
     return 0
 
 
@@ -111,6 +120,8 @@ def add_bench_commands(sub) -> None:
     p.add_argument("--vbvr-results", type=Path, default=None,
                    help="after the run, import scores from the official VBVR kit's <run>_vbvr_results.json (file or folder)")
     p.add_argument("--retry-failed", action="store_true", help="run failed instances again")
+    p.add_argument("--allow-failures", action="store_true",
+                   help=f"exit 0 when instances failed (default: exit {EXIT_FAILED}, after the results are written)")
     p.add_argument("--no-teacher-eval", action="store_true",
                    help="grid: skip the teacher's judgement of each final video (used for teacher accuracy)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import write_json
+from ..files import check_output_folder, write_json
 
 DEMO_SUITE = "grid:test"
 MIN_N, MAX_N = 2, 16
@@ -89,7 +89,7 @@ def summary_table(rows: list[dict]) -> str:
 def cmd_demo(args) -> int:
     from ..report import load_rows, write_report
 
-    out = Path(args.out)
+    out = check_output_folder(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = out / "demo.json"
     state = json.loads(record.read_text()) if record.is_file() else {}

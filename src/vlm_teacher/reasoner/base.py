@@ -95,12 +95,20 @@ class Reasoner(Protocol):
         """Every frozen (non-LoRA) weight, for integrity checks."""
 
 
+#: the longest video any adapter takes: Wan's rotary table covers 1024 latent frames (4x time
+#: compression); a model may allow fewer (``WanReasoner.prepare`` checks its own table)
+MAX_NUM_FRAMES = 4 * 1023 + 1
+
+
 def check_num_frames(num_frames: int | None, temporal: int = 4, what: str = "--frames") -> None:
     """The one video-length rule: ``temporal``k+1 frames (the causal video VAEs compress time
-    ``temporal``x after the first frame). None (the model's default) passes."""
+    ``temporal``x after the first frame), at most ``MAX_NUM_FRAMES``. None (the model's default) passes."""
     if num_frames is not None and (num_frames < 1 or (num_frames - 1) % temporal):
         raise UserError(f"{what} must be {temporal}k+1 (e.g. 9, 17, 89): the video VAE compresses time "
                         f"{temporal}x after the first frame; got {num_frames}")
+    if num_frames is not None and num_frames > MAX_NUM_FRAMES:
+        raise UserError(f"{what} {num_frames} is more than the {MAX_NUM_FRAMES} frames the supported video "
+                        f"models can place in time; give a shorter video")
 
 
 def uniform_frame_indices(num_frames: int, k: int) -> list[int]:

@@ -157,6 +157,12 @@ def _read_flow_shift(root: Path) -> tuple[float, int]:
 
 
 def _load_component(what: str, loader, folder: Path, **kwargs):
+    from ..weights import check_weight_folder
+
+    try:
+        check_weight_folder(folder)  # a damaged file is named as such, not as a loader's error
+    except UserError as exc:
+        raise UserError(f"cannot load the {what}: {exc}") from None
     try:
         return loader(folder, use_safetensors=True, **kwargs)
     except UserError:
@@ -478,6 +484,7 @@ class WanReasoner:
             first_frame = _as_rgb(first_frame)
         height, width = self._resolve_size(first_frame, height, width)
         shape = self.latent_shape(num_frames, height, width)
+        self._check_rope(shape, num_frames, height, width)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
         first_latent = self.encode_image(first_frame, height, width) if first_frame is not None else None
@@ -492,6 +499,18 @@ class WanReasoner:
         }
         return Conditioning(prompt=prompt, seed=int(seed), num_frames=num_frames, height=height,
                             width=width, noise=noise, extra=extra, steps=steps)
+
+    def _check_rope(self, shape: tuple[int, ...], num_frames: int, height: int, width: int) -> None:
+        """The transformer's rotary table covers ``rope_max_seq_len`` patches along each axis."""
+        limit = getattr(self.transformer.config, "rope_max_seq_len", None)
+        if not limit:
+            return
+        for what, value, latent, patch in (("num_frames", num_frames, shape[2], self.patch_size[0]),
+                                           ("height", height, shape[3], self.patch_size[1]),
+                                           ("width", width, shape[4], self.patch_size[2])):
+            if latent // patch > limit:
+                raise UserError(f"{what} {value} is too large for this model: {latent // patch} positions "
+                                f"along that axis, its rotary table (rope_max_seq_len) covers {limit}")
 
     def set_prompt_embeds(self, prompt: str, embeds: torch.Tensor | None) -> None:
         """Use ``embeds`` (1, L, text_dim) as the text encoding of ``prompt`` from now on

@@ -7,7 +7,8 @@
 A suite lists task ids, builds a task by id (lazily: first frames are decoded
 only when the instance runs) and scores one video:
 
-* ``grid:<split>`` - the exact pixel verifier (score 0-1, pass/fail).
+* ``grid:<split>`` - the exact pixel verifier (score 0-1, pass/fail); ``grid:<folder>`` the same on
+  tasks ``vlm-teacher grid make`` wrote there.
 * ``vbvr:<root>`` - no local scorer exists (the official rules are not
   public here): the video is written where the official evaluation kit looks
   for it and the score stays empty until its results JSON is imported
@@ -30,7 +31,8 @@ import numpy as np
 from ..errors import UserError
 from ..task import Task
 
-SUITE_SPECS = ("grid:<train|test|ood|ood8>", "vbvr:<dataset root>", "ruler:<dataset root>")
+SUITE_SPECS = ("grid:<train|test|ood|ood8>", "grid:PATH (tasks from `grid make`)", "vbvr:<dataset root>",
+               "ruler:<dataset root>")
 
 
 @dataclass
@@ -84,17 +86,11 @@ class GridSuite(Suite):
         from .grid import SPLITS, grid_tasks
 
         if split not in SPLITS:
-            raise UserError(f"unknown grid split {split!r}; use grid:{' | grid:'.join(SPLITS)}")
+            raise UserError(f"unknown grid split {split!r}; use grid:{' | grid:'.join(SPLITS)}, or grid:PATH for "
+                            "a folder written by `vlm-teacher grid make`")
         self.split = split
         self.name = self.spec = f"grid:{split}"
-        tasks = grid_tasks(split, n=n)
-        by_family: dict[str, list] = {}
-        for t in tasks:
-            by_family.setdefault(t.family, []).append(t)
-        ordered = []
-        for i in range(max((len(v) for v in by_family.values()), default=0)):
-            ordered += [v[i] for v in by_family.values() if i < len(v)]
-        self._tasks = {t.id: t for t in ordered}
+        self._tasks = _interleaved(grid_tasks(split, n=n))
 
     def ids(self) -> list[str]:
         return list(self._tasks)
@@ -115,6 +111,56 @@ class GridSuite(Suite):
 
         v = verify(task, video)
         return Scored(float(v.score), bool(v.passed), {"reason": v.reason})
+
+
+class GridFolderSuite(GridSuite):
+    """Grid tasks read from disk (``grid:PATH``): what ``vlm-teacher grid make --out PATH`` wrote (every
+    split folder under PATH), or one split folder of it (``PATH/<split>``), any ``--seed``. Each task
+    folder is checked on loading (``suites.grid.load_task``). The store's suite column is
+    ``grid:<absolute path>``; rows are keyed by task id, which ``grid make`` derives from family,
+    split, index and seed, the values that determine a task."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        from .grid import SPLITS, load_split
+
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise UserError(f"unknown grid split {str(folder)!r} and no such folder: use "
+                            f"grid:{' | grid:'.join(SPLITS)}, or grid:PATH for a folder written by "
+                            "`vlm-teacher grid make --out PATH`")
+        if (root / "metadata.json").is_file():
+            raise UserError(f"{root} is one task folder; give the folder that holds the task folders "
+                            f"({root.parent})")
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if subdirs and all((p / "metadata.json").is_file() for p in subdirs):
+            tasks = load_split(root.parent, root.name)
+        else:
+            splits = [p for p in subdirs if any((q / "metadata.json").is_file() for q in p.iterdir() if q.is_dir())]
+            if not splits:
+                raise UserError(f"{root} holds no grid task folders (each with a metadata.json); write them "
+                                f"with `vlm-teacher grid make --out {root}`")
+            tasks = [t for p in splits for t in load_split(root, p.name)]
+        self.split = "+".join(sorted({t.split for t in tasks}))
+        self.spec = f"grid:{folder}"
+        self.name = f"grid:{root.resolve()}"
+        ids = [t.id for t in tasks]
+        if len(set(ids)) != len(ids):
+            raise UserError(f"{root}: two task folders hold the same task id; keep one of each")
+        self._tasks = _interleaved(tasks)
+
+    def group(self, task: Task) -> str:
+        return f"grid:{Path(self.name[len('grid:'):]).name}"
+
+
+def _interleaved(tasks) -> dict[str, Any]:
+    """id -> task with the families interleaved (task i of every family, then task i + 1, ...)."""
+    by_family: dict[str, list] = {}
+    for t in tasks:
+        by_family.setdefault(t.family, []).append(t)
+    ordered = []
+    for i in range(max((len(v) for v in by_family.values()), default=0)):
+        ordered += [v[i] for v in by_family.values() if i < len(v)]
+    return {t.id: t for t in ordered}
 
 
 # ------------------------------------------------------------------- VBVR
@@ -239,7 +285,9 @@ def load_suite(spec: str, *, judge: Any = None, drop_game: bool = True) -> Suite
     kind, sep, arg = text.partition(":")
     kind = kind.lower()
     if kind == "grid":
-        return GridSuite(arg or "test")
+        from .grid import SPLITS
+
+        return GridSuite(arg or "test") if (arg or "test") in SPLITS else GridFolderSuite(arg)
     if kind in ("vbvr", "ruler"):
         if not sep or not arg.strip():
             raise UserError(f"suite {text!r} needs the dataset folder: {kind}:/path/to/dataset")

@@ -73,6 +73,9 @@ def load_frozen(model_class: Any, folder: Path, device: str | torch.device, dtyp
     """(model, tokenizer) of a checked folder: safetensors only, no remote code, float32 by default."""
     from transformers import AutoTokenizer
 
+    from ..weights import check_weight_folder
+
+    check_weight_folder(folder)  # a damaged file is named as such, not as a loader's traceback
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
