@@ -153,3 +153,34 @@ def check_page(page: str | os.PathLike, *, wait_ms: int = 8000, timeout: float =
     if "exceptionDetails" in result:
         raise RuntimeError(f"the check script failed: {result['exceptionDetails']}")
     return result["result"]["value"]
+
+
+def require_browser() -> str:
+    """The browser for a test: skips the test when none is installed, unless
+    ``$VLM_TEACHER_BROWSER_TESTS`` is ``required`` (CI), where that is a failure."""
+    import pytest
+
+    browser = find_browser()
+    if browser is None:
+        why = "headless Chromium is not installed (apt-get install chromium; .ci/run installs it)"
+        if os.environ.get(REQUIRE_ENV) == "required":
+            pytest.fail(f"{why}, and {REQUIRE_ENV}=required")
+        pytest.skip(why)
+    return browser
+
+
+def assert_report_renders(page: str | os.PathLike, videos: int) -> dict[str, Any]:
+    """Load a report: every table has rows, every image decoded, ``videos`` videos that play
+    muted without a click, show controls only on hover, in a codec every browser decodes."""
+    require_browser()
+    found = check_page(page)
+    assert found["tables"] and all(t["rows"] > 1 for t in found["tables"]), found["tables"]
+    broken = [i["src"] for i in found["images"] if not (i["complete"] and i["width"] > 0)]
+    assert found["images"] and not broken, broken
+    assert len(found["videos"]) == videos
+    for v in found["videos"]:
+        assert v["error"] is None and v["readyState"] >= 2 and v["width"] > 0, v
+        assert v["currentTime"] > 0 and not v["paused"], v  # autoplay: moving without a click
+        assert (v["controls"], v["controlsOnHover"], v["controlsAfterHover"]) == (False, True, False), v
+        assert v["canPlay"] == "probably", v
+    return found
