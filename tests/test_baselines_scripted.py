@@ -122,7 +122,7 @@ def test_bench_rows_score_is_the_verifiers_score_of_the_stored_video(tmp_path, t
     the grid verifier says about the mp4 the row points to."""
     from vlm_teacher.bench import BenchConfig, open_store, run_bench
     from vlm_teacher.suites.grid import verify
-    from vlm_teacher.video import read_video
+    from vlm_teacher.video import exact_copy_path, read_video
 
     cfg = BenchConfig(suite="grid:test", methods=["frozen"], out=tmp_path / "b", seeds=[0, 1], limit=2,
                       teacher_eval=False)
@@ -131,6 +131,7 @@ def test_bench_rows_score_is_the_verifiers_score_of_the_stored_video(tmp_path, t
         rows = store.rows()
     assert len(rows) == 4
     for r in rows:
+        assert exact_copy_path(cfg.out / r["video_path"]).is_file()  # the grid verifier reads the exact pixels
         verdict = verify(suite.task(r["task_id"]), read_video(cfg.out / r["video_path"]))
         assert r["score"] == pytest.approx(verdict.score, abs=1e-9), r["task_id"]
         assert r["passed"] == int(verdict.passed)

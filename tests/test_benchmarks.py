@@ -113,3 +113,11 @@ def test_grid_preview_table_counts_only_tasks_every_method_covers():
     assert got["frozen"]["tasks"] == got["tto"]["tasks"] == 2  # task c has no tto row
     assert got["frozen"]["final_pass"] == 0.5 and got["frozen"]["preview_pass"] == 0.0
     assert got["frozen"]["agree"] == 0.5 and got["tto"]["agree"] == 1.0
+
+
+@pytest.mark.slow
+def test_video_encoding_script_compares_verdicts_after_an_mp4_round_trip(tmp_path):
+    _run("video_encoding.py", "--tasks", "1", "--out-dir", str(tmp_path))
+    rows = {r["kind"]: r for r in json.loads((tmp_path / "video_encoding.json").read_text())["rows"]}
+    assert rows["ground truth"]["videos"] == 2 and rows["ground truth"]["passed"] == 2
+    assert rows["corrupt: jump"]["passed"] == 0 and "yuv420p flips" in rows["ground truth"]

@@ -30,6 +30,7 @@ def test_run_end_to_end(tiny_wan_dir, tiny_qwen25_dir, first_frame_png, tmp_path
     assert hist["steps"] == 2 and hist["stop_reason"] == "max_steps" and len(hist["history"]) == 2
     assert len(hist["history"][0]["p_yes"]) == 1 + len(queries["process"])
     assert (out / "adapter.safetensors").stat().st_size > 0
+    assert (out / "video.exact.mkv").is_file()  # the lossless copy `grid verify` reads
     assert not list(out.glob(".*")), "temporary files left behind"
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from vlm_teacher.cli import main
 from vlm_teacher.cli.demo import matched_n, matching_note
+from vlm_teacher.testing.browser import assert_report_renders
 
 
 def test_matched_n_follows_the_wall_time_ratio():
@@ -43,6 +44,7 @@ def test_demo_runs_and_resumes(tmp_path, capsys, tiny_wan_dir, tiny_qwen25_dir):
     assert (out / "report.html").is_file()
     videos = sorted((out / "runs").rglob("video.mp4"))
     assert len(videos) == 2 * 4
+    assert_report_renders(out / "report.html", videos=2 * 4)  # real outputs in a real browser
     mtimes = [v.stat().st_mtime_ns for v in videos]
     # a second call finds everything done: nothing re-runs, the same table is printed
     assert main(args) == 0

@@ -131,3 +131,85 @@ def test_report_command_writes_the_markdown_tables(bench_dir, tmp_path, capsys):
     text = md.read_text()
     assert "| tto [qwen-a] | 1.000 (10.0 s) |" in text and "| tto [qwen-b] | 0.500 (10.0 s) |" in text
     assert "### Teacher accuracy vs gain" in text
+
+
+def _history_store(tmp_path, histories, queries=None, method="tto"):
+    """A store of ``method`` rows, one per (task, history entries)."""
+    out = tmp_path / "hist"
+    with open_store(out) as store:
+        for task, hist in histories.items():
+            path = f"runs/{task}.json"
+            (out / "runs").mkdir(parents=True, exist_ok=True)
+            (out / path).write_text(json.dumps({"queries": (queries or {}).get(task), "history": hist}))
+            store.put(_row(task, method, 0.5, steps=len(hist), history=path))
+    return out
+
+
+def test_mean_loss_keeps_a_stopped_tasks_last_value(tmp_path):
+    """Task a stops at step 2 (loss 0.2), task b runs on with falling losses: the mean falls
+    at every step (it jumped up when a dropped out), and n per step says who still runs."""
+    from vlm_teacher.report import label_rows, load_rows, step_curves
+
+    out = _history_store(tmp_path, {
+        "a": [{"step": 1, "loss": 0.6}, {"step": 2, "loss": 0.2}],
+        "b": [{"step": s, "loss": 1.1 - 0.1 * s} for s in (1, 2, 3, 4)]})
+    c = step_curves(out, label_rows(load_rows(out)))["tto"]
+    assert c["steps"] == [1, 2, 3, 4] and c["running"] == [2, 2, 1, 1] and c["instances"] == 2
+    assert c["loss"] == pytest.approx([0.8, 0.55, 0.5, 0.45])
+    assert sorted(len(loss) for _, loss in c["per_task"]) == [2, 4]
+
+
+def test_p_yes_is_averaged_per_question_type_not_per_position(tmp_path):
+    """A maze task asks (goal, moves, intact), a push task (goal, moves, box, intact): the
+    third P(Yes) is intact for one and box for the other, so positions must not be averaged."""
+    from vlm_teacher.report import label_rows, load_rows, step_curves
+    from vlm_teacher.suites.grid import grid_tasks
+    from vlm_teacher.suites.grid.questions import grid_queries
+
+    maze = next(t for t in grid_tasks("test") if t.family == "maze")
+    push = next(t for t in grid_tasks("test") if t.family == "push")
+    out = _history_store(tmp_path, {
+        maze.id: [{"step": 1, "loss": 1.0, "p_yes": [0.1, 0.2, 0.3]}],
+        push.id: [{"step": 1, "loss": 1.0, "p_yes": [0.5, 0.6, 0.7, 0.9]}]},
+        queries={t.id: grid_queries(t).to_dict() for t in (maze, push)})
+    p_yes = step_curves(out, label_rows(load_rows(out)))["tto"]["p_yes"]
+    assert set(p_yes) == {"goal", "moves", "box", "intact"}
+    means = {k: (v[1][0], v[2]) for k, v in p_yes.items()}
+    assert means["goal"] == (pytest.approx(0.3), 2) and means["moves"] == (pytest.approx(0.4), 2)
+    assert means["box"] == (pytest.approx(0.7), 1) and means["intact"] == (pytest.approx(0.6), 2)
+
+
+def test_a_report_without_curves_says_why(tmp_path):
+    out = tmp_path / "frozen_only"
+    with open_store(out) as store:
+        store.put(_row("maze-test-00000", "frozen", 0.25))
+    text = write_report(out).read_text()
+    assert "No per-step curves: no tto rows here" in text
+    assert "No videos: no finished row points to a video file" in text
+
+
+def test_grid_score_details_name_the_first_broken_rule_and_its_frame():
+    from vlm_teacher.suites import load_suite
+    from vlm_teacher.suites.grid import corrupt
+
+    suite = load_suite("grid:test")
+    task = suite.task(suite.ids()[0])
+    video = corrupt(suite._tasks[task.id], suite._tasks[task.id].video(), "jump", np.random.default_rng(0))
+    details = suite.score(task, video, 8, None, "x").details
+    assert details["first_failure"]["rule"] == "jump" and details["reason"].startswith(
+        f"frame {details['first_failure']['frame']}: agent jumped")
+
+
+def test_filmstrip_shows_every_frame_and_outlines_the_marked_one():
+    from vlm_teacher.report import filmstrip
+
+    video = np.full((9, 48, 48, 3), 255, np.uint8)
+    strip = filmstrip(video, marked=3, height=48)
+    gap = 6
+    assert strip.shape[1] == 9 * (48 + gap) + gap
+    red = (strip[..., 0] > 200) & (strip[..., 1] < 80) & (strip[..., 2] < 80)
+    cols = np.flatnonzero(red.any(axis=0))
+    x3 = gap + 3 * (48 + gap)
+    assert cols.min() >= x3 - 4 and cols.max() <= x3 + 48 + 3  # only around frame 3
+    long = filmstrip(np.zeros((81, 16, 16, 3), np.uint8), marked=40, height=16, max_frames=8)
+    assert long.shape[1] == 9 * (16 + gap) + gap  # 8 spread evenly + the marked one

@@ -12,12 +12,12 @@ from .video import to_uint8, write_video
 
 
 def write_result(out_dir: str | Path, result: TTOResult, *, fps: int, reasoner=None) -> dict[str, Path]:
-    """Write video.mp4, queries.json, history.json (+ adapter.safetensors when a reasoner
-    with an attached LoRA is given). Returns the paths written."""
+    """Write video.mp4 (+ its lossless copy video.exact.mkv), queries.json, history.json
+    (+ adapter.safetensors when a reasoner with an attached LoRA is given). Returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "video": write_video(out / "video.mp4", to_uint8(result.video), fps=fps),
+        "video": write_video(out / "video.mp4", to_uint8(result.video), fps=fps, exact=True),
         "queries": out / "queries.json",
         "history": out / "history.json",
     }

@@ -6,13 +6,16 @@
   per column the full accounting (pass rate, mean score, mean steps, seconds,
   reasoner forward passes, teacher calls, peak memory, failures);
 * ablation table - ``tto`` and its ``tto_*`` variants with the change in score;
-* per-step curves from the saved histories - mean loss per step for each TTO
-  variant, and the mean P("Yes") of each question (goal, process 1-3);
+* per-step curves from the saved histories - per TTO variant the loss of each
+  instance, their mean with a stopped instance's last loss carried on, and how many
+  still run at each step; the mean P("Yes") per question type (``question_key``);
 * teacher accuracy against gain, when rows of several teachers exist: accuracy
   is how often the teacher's P("Yes") to a fixed goal question about a final
   video agrees with the verifier (p > 0.5 iff passed; grid suites), gain is
   the teacher's ``tto`` score minus the ``frozen`` score;
-* a video gallery: per task the videos of every method side by side.
+* a video gallery: per task the video of every method (muted, looping, controls on
+  hover) with a filmstrip of every frame, the frame of the first broken rule outlined,
+  and the verifier's reason under it.
 
 Means leave out rows without the value (a failed instance, an unscored VBVR
 video), as the store's summary does; ``n`` says how many rows a cell covers.
@@ -34,6 +37,7 @@ from .errors import UserError
 REPORT_NAME = "report.html"
 FILES_DIR = "report_files"
 
+MAX_QUESTION_CURVES = 6  # P("Yes") lines per plot: the goal, then the most asked questions
 _ORDER = ("frozen", "best_of_n", "oracle_pass_at_n", "solver", "videotpo", "tto")
 
 
@@ -214,44 +218,95 @@ def _ablation_cell(c: dict[str, Any] | None) -> str:
 
 
 # ------------------------------------------------------------------ histories and plots
-def _history(bench_dir: Path, row: dict[str, Any]) -> list[dict[str, Any]]:
+def _history_record(bench_dir: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """The row's history.json (empty if it has none or it cannot be read)."""
     path = row.get("history_path")
     if not path:
-        return []
+        return {}
     try:
-        return list(json.loads((bench_dir / path).read_text()).get("history") or [])
+        record = json.loads((bench_dir / path).read_text())
     except (OSError, ValueError):
-        return []
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _is_tto(row: dict[str, Any]) -> bool:
+    base = row["label"].split(" ")[0]
+    return base == "tto" or base.startswith("tto_")
+
+
+def carried_means(series: Sequence[dict[int, float]]) -> tuple[list[int], list[float], list[int]]:
+    """Steps, the mean over every series at each step, and how many series have a value at
+    that step. A series that ended (an early stop) counts with its last value, so the mean
+    moves only when some value moves."""
+    steps = sorted({s for one in series for s in one})
+    means, running = [], []
+    for step in steps:
+        carried = [one[max(k for k in one if k <= step)] for one in series if any(k <= step for k in one)]
+        means.append(sum(carried) / len(carried))
+        running.append(sum(step in one for one in series))
+    return steps, means, running
+
+
+def question_key(index: int, text: str) -> str:
+    """The question type a P("Yes") belongs to: ``goal``, a grid process type (``moves``, ``box``,
+    ``intact``) when the text is the grid's phrasing, else the text itself (only the same
+    question is averaged)."""
+    from .suites.grid.questions import PROCESS_TYPES, question_type
+
+    if index == 0:
+        return "goal"
+    kinds = (question_type(family, text) for family in PROCESS_TYPES)
+    return next((k for k in kinds if k is not None), text)
 
 
 def step_curves(bench_dir: Path, rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per TTO variant label: mean loss per step and mean P(Yes) per question index
-    (over the instances still running at that step)."""
+    """Per TTO variant label: each instance's loss per step (``per_task``), their mean with
+    the stopped instances' last values carried (:func:`carried_means`), how many still run at
+    each step, and the same mean of P("Yes") per question type (:func:`question_key`)."""
     acc: dict[str, dict[str, Any]] = {}
     for r in rows:
-        base = r["label"].split(" ")[0]
-        if r["status"] != "done" or not (base == "tto" or base.startswith("tto_")):
+        if r["status"] != "done" or not _is_tto(r):
             continue
-        hist = _history(bench_dir, r)
+        record = _history_record(bench_dir, r)
+        hist = list(record.get("history") or [])
         if not hist:
             continue
-        a = acc.setdefault(r["label"], {"loss": defaultdict(list), "p_yes": defaultdict(lambda: defaultdict(list)),
-                                        "instances": 0})
-        a["instances"] += 1
+        queries = record.get("queries") or (r.get("extra") or {}).get("queries") or {}
+        texts = [queries.get("goal") or "", *(queries.get("process") or [])]
+        a = acc.setdefault(r["label"], {"per_task": [], "p_yes": defaultdict(list)})
+        loss: dict[int, float] = {}
+        p_yes: dict[str, dict[int, float]] = defaultdict(dict)
         for h in hist:
             step = int(h.get("step", 0))
             if h.get("loss") is not None and math.isfinite(float(h["loss"])):
-                a["loss"][step].append(float(h["loss"]))
+                loss[step] = float(h["loss"])
             for qi, p in enumerate(h.get("p_yes") or []):
-                a["p_yes"][qi][step].append(float(p))
+                p_yes[question_key(qi, texts[qi] if qi < len(texts) else f"question {qi}")][step] = float(p)
+        if loss:
+            a["per_task"].append((f"{r['task_id']} seed {r['seed']}", loss))
+        for key, one in p_yes.items():
+            a["p_yes"][key].append(one)
     out = {}
     for lab, a in acc.items():
-        steps = sorted(a["loss"])
-        out[lab] = {"instances": a["instances"], "steps": steps,
-                    "loss": [sum(a["loss"][s]) / len(a["loss"][s]) for s in steps],
-                    "p_yes": {qi: ([s for s in sorted(d)], [sum(d[s]) / len(d[s]) for s in sorted(d)])
-                              for qi, d in a["p_yes"].items()}}
+        if not a["per_task"]:
+            continue
+        steps, means, running = carried_means([one for _, one in a["per_task"]])
+        out[lab] = {"instances": len(a["per_task"]), "steps": steps, "loss": means, "running": running,
+                    "per_task": a["per_task"],
+                    "p_yes": {key: (*carried_means(series)[:2], len(series)) for key, series in a["p_yes"].items()}}
     return out
+
+
+def _no_curves_reason(rows: Sequence[dict[str, Any]]) -> str:
+    tto = [r for r in rows if _is_tto(r)]
+    if not tto:
+        return "no tto rows here; only tto and its tto_* variants optimise step by step"
+    done = [r for r in tto if r["status"] == "done"]
+    if not done:
+        return f"none of the {len(tto)} tto rows has finished"
+    return (f"none of the {len(done)} finished tto rows has a history.json with a finite loss "
+            "(a fixed budget of 0 steps, or the files were moved)")
 
 
 def teacher_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -284,25 +339,39 @@ def _plots(files: Path, curves: dict[str, Any], points: list[dict[str, Any]]) ->
     files.mkdir(parents=True, exist_ok=True)
     made: dict[str, Path] = {}
     if curves:
-        fig, ax = plt.subplots(figsize=(6.4, 4))
-        for lab, c in curves.items():
-            ax.plot(c["steps"], c["loss"], marker="o", markersize=3, label=f"{lab} (n={c['instances']})")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("optimisation step")
-        ax.set_ylabel("mean loss (lambda-weighted -log P(Yes))")
-        ax.set_title("Loss per step")
+        fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(7.2, 5.2), sharex=True, height_ratios=(3, 1))
+        for i, (lab, c) in enumerate(curves.items()):
+            colour = f"C{i % 10}"
+            for _, loss in c["per_task"]:
+                steps = sorted(loss)
+                ax.plot(steps, [loss[s] for s in steps], color=colour, alpha=0.25, linewidth=0.8)
+            ax.plot(c["steps"], c["loss"], color=colour, marker="o", markersize=3, linewidth=2,
+                    label=f"{lab}: mean of {c['instances']}")
+            ax_n.step(c["steps"], c["running"], where="mid", color=colour, marker="o", markersize=3)
+        ax.set_ylabel("loss (lambda-weighted -log P(Yes))")
+        ax.set_title("Loss per step: thin lines one task each; the mean keeps a stopped task's last loss", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+        ax_n.set_ylabel("tasks running")
+        ax_n.set_ylim(bottom=0)
+        ax_n.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_n.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_n.set_xlabel("optimisation step")
+        ax_n.grid(alpha=0.3)
         made["loss"] = _save(fig, files / "loss_per_step.png")
         for i, (lab, c) in enumerate(curves.items()):
             fig, ax = plt.subplots(figsize=(6.4, 4))
-            for qi, (steps, means) in sorted(c["p_yes"].items()):
-                ax.plot(steps, means, marker="o", markersize=3, label="goal" if qi == 0 else f"process {qi}")
+            ranked = sorted(c["p_yes"].items(), key=lambda kv: (kv[0] != "goal", -kv[1][2], kv[0]))
+            for key, (steps, means, n) in ranked[:MAX_QUESTION_CURVES]:
+                name = key if len(key) <= 40 else key[:37] + "..."
+                ax.plot(steps, means, marker="o", markersize=3, label=f"{name} (n={n})")
             ax.set_ylim(0, 1)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("optimisation step")
             ax.set_ylabel('mean P("Yes")')
-            ax.set_title(f'P("Yes") per question: {lab}')
+            left = len(ranked) - MAX_QUESTION_CURVES
+            ax.set_title(f'P("Yes") per question type: {lab}' + (f" ({left} rarer questions not drawn)" if left > 0 else ""),
+                         fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
             made[f"pyes:{lab}"] = _save(fig, files / f"p_yes_{i:02d}.png")
@@ -351,8 +420,9 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:8px 0 20px}th,td{border:1px solid #ccc;padding:4px 8px;font-size:13px}
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.gallery td{vertical-align:top;text-align:center}video{width:192px;image-rendering:pixelated}
-.small{font-size:12px;color:#555}img{max-width:640px;margin:4px}
+.gallery td{vertical-align:top}video{width:288px;image-rendering:pixelated;display:block}
+.small{font-size:12px;color:#555}img{max-width:720px;margin:4px}img.strip{max-width:none;image-rendering:pixelated}
+td.frames{max-width:820px;overflow-x:auto}.reason{font-size:13px;max-width:780px}
 """
 
 
@@ -404,11 +474,13 @@ def render_html(bench_dir: Path, out: Path, gallery: int = 12) -> str:
                                                       _f(c["steps"], 1), _f(c["seconds"], 1)]
             body.append(row)
         parts.append(_table_html(header, body, numeric_from=2))
-    if plots:
-        parts.append("<h2>Per-step curves</h2>")
+    parts.append("<h2>Per-step curves</h2>")
+    if curves:
         for name, path in plots.items():
             if name != "scatter":
                 parts.append(f"<img src='{html.escape(rel(path))}' alt='{html.escape(name)}'>")
+    else:
+        parts.append(f"<p class=small>No per-step curves: {html.escape(_no_curves_reason(rows))}.</p>")
     parts.append("<h2>Teacher accuracy vs gain</h2>")
     if "scatter" in plots:
         parts.append(f"<img src='{html.escape(rel(plots['scatter']))}' alt='teacher accuracy vs gain'>")
@@ -473,6 +545,52 @@ def _quote(arg: str) -> str:
     return shlex.quote(str(arg))
 
 
+def filmstrip(video, marked: int | None = None, height: int = 80, max_frames: int = 32):
+    """Every frame of ``video`` ((T, H, W, 3) uint8) in a row, ``height`` px high, its index
+    under it; frame ``marked`` outlined in red. Longer videos show ``max_frames`` frames
+    spread evenly (``marked`` always among them). Returns an (h, w, 3) uint8 image."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from .reasoner.base import uniform_frame_indices
+
+    t, h, w, _ = video.shape
+    shown = sorted(set(uniform_frame_indices(t, max_frames)) | ({marked} if marked is not None and 0 <= marked < t else set()))
+    fw = max(1, round(w * height / h))
+    gap, label = 6, 14
+    strip = Image.new("RGB", (len(shown) * (fw + gap) + gap, height + 2 * gap + label), "white")
+    draw = ImageDraw.Draw(strip)
+    for i, f in enumerate(shown):
+        x = gap + i * (fw + gap)
+        if f == marked:
+            draw.rectangle([x - 4, gap - 4, x + fw + 3, gap + height + 3], outline=(214, 39, 40), width=3)
+        resample = Image.Resampling.NEAREST if height >= h else Image.Resampling.BOX
+        strip.paste(Image.fromarray(video[f]).resize((fw, height), resample), (x, gap))
+        draw.text((x, gap + height + 4), str(f), fill=(214, 39, 40) if f == marked else (90, 90, 90))
+    return np.asarray(strip)
+
+
+def _strip_html(bench_dir: Path, out: Path, row: dict[str, Any]) -> str:
+    """The row's filmstrip (written under FILES_DIR/strips) with the verifier's reason under it."""
+    from .files import safe_name
+    from .video import read_video, write_image
+
+    details = (row.get("extra") or {}).get("score_details") or {}
+    failure = details.get("first_failure") or {}
+    marked = failure.get("frame") if isinstance(failure.get("frame"), int) else None
+    try:
+        video = read_video(bench_dir / row["video_path"])
+    except UserError as exc:
+        return f"<span class=small>no filmstrip: {html.escape(str(exc))}</span>"
+    path = out.parent / FILES_DIR / "strips" / (safe_name(str(row["video_path"]).replace("/", "_")) + ".png")
+    write_image(path, filmstrip(video, marked))
+    note = details.get("reason") or ""
+    if note and failure.get("rule"):
+        note = f"{failure['rule']}: {note}"
+    return (f"<img class=strip src='{html.escape(os.path.relpath(path, out.parent))}' alt='every frame'>"
+            + (f"<div class=reason>{html.escape(note)}</div>" if note else ""))
+
+
 def _gallery_html(bench_dir: Path, out: Path, rows: Sequence[dict[str, Any]], labels: Sequence[str], limit: int) -> str:
     if limit <= 0:
         return ""
@@ -482,21 +600,23 @@ def _gallery_html(bench_dir: Path, out: Path, rows: Sequence[dict[str, Any]], la
             vids[r["task_id"]][r["label"]] = r
     tasks = sorted(vids)[:limit]
     if not tasks:
-        return ""
-    shown = [lab for lab in labels if any(lab in vids[t] for t in tasks)]
-    parts = [f"<h2>Video gallery</h2><p class=small>first {len(tasks)} tasks, lowest seed; score under each video</p>",
-             "<table class=gallery><tr><th>task</th>" + "".join(f"<th>{html.escape(lab)}</th>" for lab in shown) + "</tr>"]
+        return "<h2>Video gallery</h2><p class=small>No videos: no finished row points to a video file.</p>"
+    parts = [f"<h2>Video gallery</h2><p class=small>first {len(tasks)} tasks, lowest seed. Videos loop (controls on "
+             "hover); the filmstrip shows every frame, the frame of the first broken rule outlined in red, and the "
+             "verifier's reason under it.</p>",
+             "<table class=gallery><tr><th>task</th><th>method</th><th>video</th><th>frames and verdict</th></tr>"]
     for task in tasks:
-        cells = [f"<td>{html.escape(task)}</td>"]
-        for lab in shown:
-            r = vids[task].get(lab)
-            if r is None:
-                cells.append("<td>-</td>")
-                continue
+        shown = [lab for lab in labels if lab in vids[task]]
+        for i, lab in enumerate(shown):
+            r = vids[task][lab]
             src = os.path.relpath(bench_dir / r["video_path"], out.parent)
-            cells.append(f"<td><video src='{html.escape(src)}' controls loop muted playsinline></video>"
-                         f"<br><span class=small>score {_f(r.get('score'))}, {_f(r.get('seconds'), 1)} s</span></td>")
-        parts.append("<tr>" + "".join(cells) + "</tr>")
+            head = f"<td rowspan={len(shown)}>{html.escape(task)}</td>" if i == 0 else ""
+            parts.append(
+                f"<tr>{head}<td>{html.escape(lab)}<br><span class=small>score {_f(r.get('score'))}, "
+                f"{_f(r.get('seconds'), 1)} s</span></td>"
+                f"<td><video src='{html.escape(src)}' autoplay muted loop playsinline preload=auto "
+                "onmouseenter='this.controls=true' onmouseleave='this.controls=false'></video></td>"
+                f"<td class=frames>{_strip_html(bench_dir, out, r)}</td></tr>")
     parts.append("</table>")
     return "\n".join(parts)
 

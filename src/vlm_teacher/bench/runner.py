@@ -91,7 +91,8 @@ class InstanceRunner:
         remove_temporaries(run_dir)  # a killed earlier attempt's half-written files (the key is ours now)
         out = method.run(ctx, task, inst.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
-        video_path = write_video(run_dir / "video.mp4", out.video, fps=ctx.fps)
+        # a lossless copy beside the browser mp4 where a pixel verifier may read the file again
+        video_path = write_video(run_dir / "video.mp4", out.video, fps=ctx.fps, exact=suite.verifier() is not None)
         if out.queries is not None:
             write_json(run_dir / "queries.json", out.queries.to_dict())
         cost = out.cost.to_dict()

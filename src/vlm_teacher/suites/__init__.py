@@ -110,7 +110,7 @@ class GridSuite(Suite):
         from .grid import verify
 
         v = verify(task, video)
-        return Scored(float(v.score), bool(v.passed), {"reason": v.reason})
+        return Scored(float(v.score), bool(v.passed), {"reason": v.reason, "first_failure": v.details["first_failure"]})
 
 
 class GridFolderSuite(GridSuite):
