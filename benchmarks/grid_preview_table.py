@@ -6,6 +6,7 @@ Only tasks every listed method has a row for are counted (so partial runs stay s
 the table says how many.
 
     python benchmarks/grid_preview_table.py /tmp/i14/grid --methods frozen,tto_oracle,tto
+    python benchmarks/grid_preview_table.py /tmp/i14/grid --reasoner grid-wan-new-1a2b3c4d   # one model's rows
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from pathlib import Path
 import _common as C
 
 
-def table(rows: list[dict], methods: list[str]) -> list[dict]:
+def table(rows: list[dict], methods: list[str], reasoner: str | None = None) -> list[dict]:
+    """``reasoner``: only rows made with this reasoner id (a store can hold several models' rows)."""
     by: dict[tuple[str, str], dict[str, dict]] = {}
     for r in rows:
+        if reasoner is not None and (r.get("extra") or {}).get("reasoner") != reasoner:
+            continue
         if r.get("status") == "done" and r["method"] in methods and r.get("seed") == 0:
             by.setdefault((r["suite"], r["method"]), {})[r["task_id"]] = r
     out = []
@@ -51,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("store", type=Path, help="a folder written by `vlm-teacher bench`")
     p.add_argument("--methods", default="frozen,tto_oracle,tto")
+    p.add_argument("--reasoner", default=None, help="only rows of this reasoner id (as the store records it)")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    rows = table(load_rows(args.store), methods)
+    rows = table(load_rows(args.store), methods, args.reasoner)
     pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
     num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     print("| suite | method | tasks | final pass | final score | preview pass | preview score | "
