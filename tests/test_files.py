@@ -82,7 +82,7 @@ def test_a_killed_instances_temporary_video_is_removed_on_resume(tmp_path, tiny_
     _killed_mid_write(run_dir / "video.mp4")
     summary = run_bench(cfg, progress=False)
     assert (summary.ran, summary.failed) == (1, 0)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["history.json", "video.mp4"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["history.json", "video.exact.mkv", "video.mp4"]
 
 
 def test_make_bench_cpu_writes_no_tracked_file():
