@@ -106,3 +106,51 @@ def command_record(words: str, args: argparse.Namespace, add_arguments: Callable
         else:
             parts += [flag, str(value)]
     return " ".join(parts)
+
+
+class ModuleCheckpoint:
+    """One safetensors file with a module's weights, its optimiser's state and the run's state
+    (JSON in the file's metadata): written atomically, so a kill leaves the old checkpoint or the
+    new one, never weights of one step beside the state of another."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def save(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        groups = None
+        if optimizer is not None:
+            sd = optimizer.state_dict()
+            for idx, st in sd["state"].items():
+                for key, value in st.items():
+                    tensors[f"optim.{idx}.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).cpu()
+            groups = sd["param_groups"]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_safetensors(tensors, self.path, metadata={"state": json.dumps({**state, "optimizer_param_groups": groups})})
+
+    def state(self) -> dict[str, Any]:
+        """The run state saved with the weights."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as fh:
+            return json.loads((fh.metadata() or {})["state"])
+
+    def load(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+        """Put the weights (and the optimiser state) in place; return the run state."""
+        from safetensors.torch import load_file
+
+        state = self.state()
+        tensors = load_file(str(self.path))
+        module.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        groups = state.pop("optimizer_param_groups", None)
+        if optimizer is not None and groups:
+            per: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optim."):
+                    _, idx, name = key.split(".", 2)
+                    per.setdefault(int(idx), {})[name] = value
+            optimizer.load_state_dict({"state": per, "param_groups": groups})
+        return state
