@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ import torch
 from ..errors import UserError
 from ..files import write_json, write_text
 from ..runtime import machine_line
+from .grid_reasoner import _config, _export
 from .scaffold import JsonlLog, ModuleCheckpoint, StepPlan, command_record, save_safetensors, warmup_cosine
 
 FILE_NAME = "surrogate_decoder.safetensors"
@@ -164,7 +164,8 @@ def build_surrogate(reasoner, widths: tuple[int, ...], seed: int):
 
 
 # ---------------------------------------------------------------------------- data
-def _stats(reasoner) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_stats(reasoner) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std), each (1, C, 1, 1, 1), of the VAE's latent space: raw = normalised * std + mean."""
     cfg = reasoner.vae.config
     return (torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1),
             torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1))
@@ -205,7 +206,7 @@ def reasoner_latents(reasoner, tasks, seeds: list[int], *, lora: float | None, g
                      ) -> torch.Tensor:
     """Raw first-step predictions (N, C, T, h, w) of the reasoner on ``tasks`` with ``seeds``; with
     ``lora`` each under a fresh random LoRA of scale U(0, lora) (``randomise_lora``)."""
-    mean, std = _stats(reasoner)
+    mean, std = latent_stats(reasoner)
     out = []
     for task, seed in zip(tasks, seeds):
         if lora is not None:
@@ -254,10 +255,11 @@ def build_data(reasoner, args, log: JsonlLog, path: Path) -> dict[str, torch.Ten
 
 # ---------------------------------------------------------------------------- training
 def distil_loss(decoder, latents: torch.Tensor, targets: torch.Tensor, object_weight: float) -> torch.Tensor:
-    """Weighted squared + absolute error (in [-1, 1]) of the surrogate's frames to the VAE's."""
+    """Weighted squared + absolute error (in [-1, 1]) of the surrogate's frames to the VAE's, on the
+    unclamped output (measured: with the clamp, pixels that start out of range never learn)."""
     from .grid_reasoner import salience_weights
 
-    pred = decoder.decode(latents).transpose(1, 2) * 2 - 1              # (B, 3, F, H, W)
+    pred = decoder.decode(latents, clamp=False).transpose(1, 2) * 2 - 1  # (B, 3, F, H, W)
     target = targets.transpose(1, 2).float() / 127.5 - 1
     w = salience_weights(target, object_weight)
     return (torch.sum(w * (pred - target) ** 2) + torch.sum(w * torch.abs(pred - target))) / w.sum()
@@ -418,7 +420,7 @@ def model_card(metrics: dict[str, Any]) -> str:
         f"(lora_B std up to {tr['lora_scale']})",
         f"- {tr['steps_done']} steps of batch {tr['batch']} (stopped by: {tr['stop']}), "
         f"{tr['train_minutes']:.1f} min training; the last invocation took {tr['invocation_minutes']:.1f} min "
-        "in all",
+        f"in all ({tr['invocation_cpu_minutes']:.1f} min of CPU time)",
         "",
         "## Size",
         f"- widths {size['widths']}, time factors {size['time_upscale']}, patch {size['patch']}: "
@@ -453,13 +455,10 @@ def model_card(metrics: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------- run
 def _command(args) -> str:
-    text = command_record("vlm-teacher train surrogate", args, add_arguments, {"out": str(args.out)},
-                          leave_out=("resume", "stop_after", "export"))
-    return text if args.export is None else f"{text} --export {args.export}"
-
-
-def _config(args) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    """The command line that reproduces this run (--export last, as the recipes write it)."""
+    export = [] if args.export is None else ["--export", str(args.export)]
+    return " ".join([command_record("vlm-teacher train surrogate", args, add_arguments, {"out": str(args.out)},
+                                    leave_out=("resume", "stop_after", "export")), *export])
 
 
 def _start(args, ckpt: ModuleCheckpoint) -> None:
@@ -481,21 +480,22 @@ def _start(args, ckpt: ModuleCheckpoint) -> None:
 
 
 def run(args) -> int:
-    """The whole recipe; torch's thread count is restored afterwards (the recipe may run inside tests)."""
+    """The whole recipe, on ``--threads`` torch threads (the caller's count is restored: tests run it)."""
     _check_args(args)
-    threads = torch.get_num_threads()
+    before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run(args)
+        code = _run(args)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+    return code
 
 
 def _run(args) -> int:
     from ..identity import model_id
     from ..reasoner import load_reasoner
 
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
     device = torch.device(args.device)
     folder = reasoner_folder(args.reasoner)
     reasoner = load_reasoner(folder, device=device, dtype=torch.float32)
@@ -541,14 +541,11 @@ def _run(args) -> int:
         metrics["evaluation"] = evaluate(reasoner, decoder, args.eval_tasks, args.seed, args.lora_scale, device)
         log.write(event="evaluation", **{s: metrics["evaluation"][s]["all"] for s in ("test", "ood")})
     metrics["training"]["invocation_minutes"] = (time.time() - t_start) / 60
+    metrics["training"]["invocation_cpu_minutes"] = (time.process_time() - cpu_start) / 60
     write_json(model_dir / METRICS_NAME, metrics)
     write_text(model_dir / "MODEL_CARD.md", model_card(metrics))
     if args.export is not None:
-        export = Path(args.export)
-        if export.exists():
-            shutil.rmtree(export)
-        shutil.copytree(model_dir, export)
-        print(f"exported the surrogate to {export}")
+        _export(model_dir, Path(args.export))
     if args.eval_tasks > 0:
         ev = metrics["evaluation"]
         print(f"verdict agreement with the VAE: test {ev['test']['all']['agreement']:.2f}, "
