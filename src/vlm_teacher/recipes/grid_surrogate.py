@@ -15,8 +15,10 @@ mistakes included). The latents come from two places:
    (``lora_B`` drawn at up to ``--lora-scale``) standing in for the adapters the loop
    visits later.
 
-The loss is the VAE recipe's: squared plus absolute error with extra weight on agent, box
-and target pixels (``grid_reasoner.salience_weights``). At the end the surrogate and the
+The loss is the VAE recipe's (squared plus absolute error with extra weight on agent, box
+and target pixels, ``grid_reasoner.salience_weights``) plus the error of each cell's mean
+centre and border colour, the pixels the grid verifier reads: one cell of an unknown
+colour fails a whole video. At the end the surrogate and the
 VAE decode held-out latents (the test and ood splits: ground truth, frozen predictions,
 LoRA-perturbed predictions) and the grid verifier judges both: the card reports how often
 the verdicts agree.
@@ -26,7 +28,7 @@ step's batch (drawn from ``(seed, step)``); ``checkpoint/surrogate.safetensors``
 weights, the AdamW state and the run state, and ``--resume`` continues the run. The
 training stage times its first steps and fixes how many fit in ``--minutes``
 (``scaffold.StepPlan``). The default settings take about 10 minutes on one CPU thread in
-all (data about 2.5, training 6, evaluation about 1).
+all (data about 2, training 7, evaluation about 1).
 
 Outputs in ``--out``: ``model/`` (``surrogate_decoder.safetensors``, ``metrics.json``,
 ``MODEL_CARD.md``), ``log.jsonl``, ``checkpoint/``, ``cache/``. ``--export DIR`` copies
@@ -60,7 +62,7 @@ SHIPPED_DIR = Path(__file__).resolve().parents[1] / "embedded" / "grid-wan-surro
 SOURCES = ("videos", "reasoner", "reasoner_lora")
 #: the settings that shape the model and its data; a resumed run must use the same ones
 ARCH_KEYS = ("seed", "reasoner", "widths", "train_tasks", "videos", "reasoner_videos", "lora_variants", "lora_scale",
-             "steps", "batch", "lr", "object_weight")
+             "steps", "batch", "lr", "object_weight", "cell_weight")
 CALIBRATION_STEPS, REPLAN_EVERY = 20, 100
 
 
@@ -69,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="work folder (model/, log.jsonl, checkpoint/, cache/)")
     p.add_argument("--reasoner", type=Path, default=None,
                    help="Wan pipeline folder whose VAE decoder is distilled (default: the embedded grid-wan)")
-    p.add_argument("--minutes", type=float, default=6.0,
+    p.add_argument("--minutes", type=float, default=7.0,
                    help="wall-clock budget of the training stage (default %(default)s; the data and the "
                         "evaluation add about 3 minutes on one thread)")
     p.add_argument("--seed", type=int, default=0)
@@ -92,11 +94,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test and ood tasks per family for the card's verdict agreement (0: skip)")
     g = p.add_argument_group("model and training")
     g.add_argument("--widths", default="64,32,16,16", help="TinyWanDecoder channel widths, 4 comma-separated")
-    g.add_argument("--steps", type=int, default=6000, help="most steps (fewer when --minutes runs out first)")
+    g.add_argument("--steps", type=int, default=3000, help="most steps (fewer when --minutes runs out first)")
     g.add_argument("--batch", type=int, default=4, help="latents per step")
     g.add_argument("--lr", type=float, default=2e-3)
-    g.add_argument("--object-weight", type=float, default=4.0,
+    g.add_argument("--object-weight", type=float, default=8.0,
                    help="extra loss weight on agent, box and target pixels (as in the VAE recipe)")
+    g.add_argument("--cell-weight", type=float, default=4.0,
+                   help="weight of the cell-colour term: each cell's mean centre and ring colour, where the "
+                        "grid verifier reads (0: off)")
     g.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: as if killed
 
@@ -254,15 +259,36 @@ def build_data(reasoner, args, log: JsonlLog, path: Path) -> dict[str, torch.Ten
 
 
 # ---------------------------------------------------------------------------- training
-def distil_loss(decoder, latents: torch.Tensor, targets: torch.Tensor, object_weight: float) -> torch.Tensor:
-    """Weighted squared + absolute error (in [-1, 1]) of the surrogate's frames to the VAE's, on the
-    unclamped output (measured: with the clamp, pixels that start out of range never learn)."""
+def cell_colours(frames: torch.Tensor) -> torch.Tensor:
+    """(B, 3, F, H, W) -> (B, 3, F, n, 2n): the mean colour of each cell's centre and border ring
+    side by side, the pixels whose median colours the grid verifier reads (``suites.grid.verify``)."""
+    from ..suites.grid.render import CELL
+    from ..suites.grid.verify import _masks
+
+    b, c, f, h, w = frames.shape
+    cells = frames.reshape(b, c, f, h // CELL, CELL, w // CELL, CELL)
+    means = [torch.einsum("bcfiyjx,yx->bcfij", cells, m) / m.sum()
+             for m in (torch.from_numpy(m.astype(np.float32)).to(frames) for m in _masks())]
+    return torch.cat(means, dim=-1)
+
+
+def distil_loss(decoder, latents: torch.Tensor, targets: torch.Tensor, object_weight: float,
+                cell_weight: float) -> torch.Tensor:
+    """Weighted squared + absolute error (in [-1, 1]) of the surrogate's frames to the VAE's, plus
+    ``cell_weight`` x the weighted absolute error of the cells' centre and ring colours (what the
+    verifier reads), on the unclamped output (measured: with the clamp, pixels that start out of
+    range never learn)."""
     from .grid_reasoner import salience_weights
 
     pred = decoder.decode(latents, clamp=False).transpose(1, 2) * 2 - 1  # (B, 3, F, H, W)
     target = targets.transpose(1, 2).float() / 127.5 - 1
     w = salience_weights(target, object_weight)
-    return (torch.sum(w * (pred - target) ** 2) + torch.sum(w * torch.abs(pred - target))) / w.sum()
+    loss = (torch.sum(w * (pred - target) ** 2) + torch.sum(w * torch.abs(pred - target))) / w.sum()
+    if cell_weight:
+        pc, tc = cell_colours(pred), cell_colours(target)
+        wc = salience_weights(tc, object_weight)
+        loss = loss + cell_weight * torch.sum(wc * torch.abs(pc - tc)) / (wc.sum() * 3)
+    return loss
 
 
 def train(decoder, data: dict[str, torch.Tensor], args, ckpt: ModuleCheckpoint, log: JsonlLog, device) -> dict | None:
@@ -296,7 +322,7 @@ def train(decoder, data: dict[str, torch.Tensor], args, ckpt: ModuleCheckpoint, 
             g["lr"] = lr
         idx = torch.from_numpy(np.random.default_rng([args.seed, 2, step]).integers(n, size=args.batch))
         loss = distil_loss(decoder, data["latents"][idx].to(device), data["targets"][idx].to(device),
-                           args.object_weight)
+                           args.object_weight, args.cell_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
