@@ -38,26 +38,6 @@ import _common as C
 PARTS = ("transformer_fwd", "decode_fwd", "teacher_fwd", "teacher_bwd", "decode_bwd", "transformer_bwd", "lora_update")
 
 
-class PreviewRecorder:
-    """Keeps every latent the reasoner's preview is asked to decode (normalised, on the CPU)."""
-
-    def __init__(self, reasoner) -> None:
-        self.reasoner, self.latents = reasoner, []
-
-    def __enter__(self) -> "PreviewRecorder":
-        original = type(self.reasoner).preview
-
-        def preview(latent, frame_indices):
-            self.latents.append(latent.detach().float().cpu().clone())
-            return original(self.reasoner, latent, frame_indices)
-
-        self.reasoner.preview = preview
-        return self
-
-    def __exit__(self, *exc) -> None:
-        del self.reasoner.preview
-
-
 def split_step(reasoner, teacher, cond, idx, questions, params, opt, lam: float) -> dict[str, float]:
     """One TTO step with the graph cut at the latent and at the frames, each part timed."""
     from vlm_teacher.objective import weighted_loss
@@ -145,6 +125,7 @@ def _shape(task) -> dict[str, int]:
 def run_methods(reasoner, teacher, surrogate, suite, cfg, method_names: dict[str, int], every: int):
     """Each method on its first N tasks, with the VAE and with the surrogate; rows and the latents previewed."""
     from vlm_teacher.methods import MethodContext, get_method
+    from vlm_teacher.recipes.grid_surrogate import PreviewRecorder
     from vlm_teacher.suites.grid import verify
 
     rows, latents = [], []

@@ -14,7 +14,8 @@ from vlm_teacher.errors import UserError
 from vlm_teacher.recipes.grid_surrogate import FILE_NAME, SHIPPED_DIR, vae_identity
 
 TINY = ["--train-tasks", "12", "--videos", "3", "--reasoner-videos", "2", "--lora-variants", "1", "--steps", "4",
-        "--batch", "2", "--widths", "8,8,4,4", "--eval-tasks", "1", "--checkpoint-every", "1"]
+        "--batch", "2", "--widths", "8,8,4,4", "--eval-tasks", "1", "--checkpoint-every", "1", "--oracle-tasks", "1",
+        "--oracle-steps", "2", "--oracle-every", "1", "--tune-steps", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,16 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def _losses(out: Path) -> list[tuple[int, float]]:
+def _losses(out: Path) -> list[tuple[str, int, float]]:
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in rows if r.get("stage") == "train" and "loss" in r]
+    return [(r["stage"], r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def _steps(out: Path) -> list[tuple[str, int]]:
+    return [(stage, step) for stage, step, _ in _losses(out)]
+
+
+STEPS = [("train", 1), ("train", 2), ("train", 3), ("train", 4), ("tune", 1), ("tune", 2), ("tune", 3)]
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +66,11 @@ def test_recipe_distils_a_decoder_that_loads_through_the_adapter(straight_run, t
     folder = straight_run / "model"
     path = folder / FILE_NAME
     assert {p.name for p in folder.iterdir()} == {"MODEL_CARD.md", FILE_NAME, "metrics.json"}
-    assert [s for s, _ in _losses(straight_run)] == [1, 2, 3, 4]
+    assert _steps(straight_run) == STEPS
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["source"]["vae_id"] == vae_identity(tiny_reasoner)
-    assert metrics["training"]["by_source"] == {"videos": 3, "reasoner": 2, "reasoner_lora": 2}
+    # the oracle loop previews 3 latents: 2 steps and the final scoring of the last update (every one kept)
+    assert metrics["training"]["by_source"] == {"videos": 3, "reasoner": 2, "reasoner_lora": 2, "oracle_tto": 3}
     assert metrics["training"]["command"] in (folder / "MODEL_CARD.md").read_text()
     assert metrics["evaluation"]["test"]["all"]["n"] == 6  # 2 tasks x (ground truth, frozen, LoRA)
 
@@ -85,10 +94,12 @@ def test_recipe_distils_a_decoder_that_loads_through_the_adapter(straight_run, t
 def test_recipe_resumes_to_the_same_weights(tiny_reasoner, straight_run, tmp_path):
     out = tmp_path / "run"
     assert _train(out, tiny_reasoner, "--stop-after", "2") == 0
-    assert not (out / "model").exists() and [s for s, _ in _losses(out)] == [1, 2]
+    assert not (out / "model").exists() and _steps(out) == STEPS[:2]
+    assert _train(out, tiny_reasoner, "--resume", "--stop-after", "2") == 0  # the rest of round 1, 2 of round 2
+    assert _steps(out) == STEPS[:6]
     assert _train(out, tiny_reasoner, "--resume") == 0
-    assert [s for s, _ in _losses(out)] == [1, 2, 3, 4]
-    assert [l for _, l in _losses(out)] == pytest.approx([l for _, l in _losses(straight_run)], rel=1e-5)
+    assert _steps(out) == STEPS
+    assert [l for *_, l in _losses(out)] == pytest.approx([l for *_, l in _losses(straight_run)], rel=1e-5)
     a, b = _weights(out / "model" / FILE_NAME), _weights(straight_run / "model" / FILE_NAME)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(UserError, match="already holds a run"):

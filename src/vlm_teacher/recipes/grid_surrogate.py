@@ -15,6 +15,13 @@ mistakes included). The latents come from two places:
    (``lora_B`` drawn at up to ``--lora-scale``) standing in for the adapters the loop
    visits later.
 
+3. **oracle_tto** (second round) - the latents the test-time loop previews when the grid
+   oracle (the loss whose optimum is the ground truth) drives it through the first-round
+   surrogate. Measured without this round: latents optimised through the surrogate came to
+   decode right through it and wrong through the VAE (verdict agreement 66% on such
+   latents against 98% on held-out predictions). The surrogate then trains on all the data
+   for ``--tune-steps`` more steps.
+
 The loss is the VAE recipe's (squared plus absolute error with extra weight on agent, box
 and target pixels, ``grid_reasoner.salience_weights``) plus the error of each cell's mean
 centre and border colour, the pixels the grid verifier reads: one cell of an unknown
@@ -59,10 +66,12 @@ METRICS_NAME = "metrics.json"
 #: the surrogate shipped for the embedded reasoner (beside it, not inside it: the reasoner recipe's
 #: --export replaces the whole grid-wan folder, and the folder's hash names the reasoner in results)
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "embedded" / "grid-wan-surrogate"
-SOURCES = ("videos", "reasoner", "reasoner_lora")
+SOURCES = ("videos", "reasoner", "reasoner_lora", "oracle_tto")
+STAGES = ("train", "tune", "done")
 #: the settings that shape the model and its data; a resumed run must use the same ones
 ARCH_KEYS = ("seed", "reasoner", "widths", "train_tasks", "videos", "reasoner_videos", "lora_variants", "lora_scale",
-             "steps", "batch", "lr", "object_weight", "cell_weight")
+             "steps", "batch", "lr", "object_weight", "cell_weight", "oracle_tasks", "oracle_steps",
+             "oracle_every", "tune_steps", "init_from")
 CALIBRATION_STEPS, REPLAN_EVERY = 20, 100
 
 
@@ -93,6 +102,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-tasks", type=int, default=10,
                    help="test and ood tasks per family for the card's verdict agreement (0: skip)")
     g = p.add_argument_group("model and training")
+    g.add_argument("--init-from", type=Path, default=None,
+                   help="start from this surrogate file (e.g. the one distilled from the reasoner's previous VAE; "
+                        "its widths are used) instead of a random init")
     g.add_argument("--widths", default="64,32,16,16", help="TinyWanDecoder channel widths, 4 comma-separated")
     g.add_argument("--steps", type=int, default=3000, help="most steps (fewer when --minutes runs out first)")
     g.add_argument("--batch", type=int, default=4, help="latents per step")
@@ -103,6 +115,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the cell-colour term: each cell's mean centre and ring colour, where the "
                         "grid verifier reads (0: off)")
     g.add_argument("--checkpoint-every", type=int, default=200)
+    g = p.add_argument_group("second round: latents the test-time loop visits through the surrogate")
+    g.add_argument("--oracle-tasks", type=int, default=16,
+                   help="train tasks on which the oracle-driven loop runs through the first-round surrogate "
+                        "(0: no second round)")
+    g.add_argument("--oracle-steps", type=int, default=30, help="loop steps per such task")
+    g.add_argument("--oracle-every", type=int, default=2, help="keep every N-th latent the loop previews")
+    g.add_argument("--tune-steps", type=int, default=800, help="steps on all the data after the second round")
+    g.add_argument("--tune-minutes", type=float, default=2.5, help="wall-clock budget of those steps")
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: as if killed
 
 
@@ -130,6 +150,15 @@ def _check_args(args) -> None:
         raise UserError("--minutes and --lr must be > 0 and --lora-scale >= 0")
     if args.reasoner is not None and not (Path(args.reasoner) / "model_index.json").is_file():
         raise UserError(f"--reasoner {args.reasoner} is not a Wan pipeline folder (no model_index.json)")
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    """What a surrogate file's metadata says it was distilled from."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    return {k: meta.get(k) for k in ("vae_id", "reasoner")}
 
 
 def reasoner_folder(path: Path | None) -> Path:
@@ -291,24 +320,27 @@ def distil_loss(decoder, latents: torch.Tensor, targets: torch.Tensor, object_we
     return loss
 
 
-def train(decoder, data: dict[str, torch.Tensor], args, ckpt: ModuleCheckpoint, log: JsonlLog, device) -> dict | None:
-    """The distillation loop; the final state, or None when --stop-after cut it (checkpoint written)."""
+def train(decoder, data: dict[str, torch.Tensor], args, ckpt: ModuleCheckpoint, log: JsonlLog, device, *,
+          stage: str, steps: int, lr: float, budget_s: float, next_stage: str) -> dict | None:
+    """One distillation stage from the checkpoint's state (a fresh AdamW at a stage's start); the
+    state after it, or None when --stop-after cut it (checkpoint written)."""
     from tqdm.auto import tqdm
 
     decoder.to(device).train().requires_grad_(True)
     params = list(decoder.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    state = ckpt.load(decoder, opt) if ckpt.exists() else {"stage": "train", "step": 0}
-    if state["stage"] != "train":
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    state = ckpt.load(decoder, opt) if ckpt.exists() else {"stage": stage, "step": 0}
+    if state["stage"] != stage:
         return state
     step = int(state["step"])
-    plan = StepPlan(args.steps, args.minutes * 60, state.get("planned"), calibration=CALIBRATION_STEPS,
-                    replan_every=REPLAN_EVERY)
-    n, warmup = data["latents"].shape[0], min(50, args.steps // 10 + 1)
+    plan = StepPlan(steps, budget_s, state.get("planned"), calibration=CALIBRATION_STEPS, replan_every=REPLAN_EVERY)
+    n, warmup = data["latents"].shape[0], min(50, steps // 10 + 1)
+    keep = {k: v for k, v in state.items() if k.startswith("train_")}  # the first stage's summary
     elapsed0, t0, done_here, reason = float(state.get("elapsed", 0.0)), time.time(), 0, "steps"
     elapsed = lambda: elapsed0 + time.time() - t0  # noqa: E731
-    snapshot = lambda: {"stage": "train", "step": step, "planned": plan.planned, "elapsed": elapsed()}  # noqa: E731
-    bar = tqdm(total=plan.total, initial=step, desc="surrogate", unit="step", dynamic_ncols=True)
+    snapshot = lambda: {**keep, "stage": stage, "step": step, "planned": plan.planned,  # noqa: E731
+                        "elapsed": elapsed()}
+    bar = tqdm(total=plan.total, initial=step, desc=f"surrogate {stage}", unit="step", dynamic_ncols=True)
     while step < plan.total:
         if elapsed() > 1.15 * plan.budget_s:
             reason = "time"
@@ -317,10 +349,11 @@ def train(decoder, data: dict[str, torch.Tensor], args, ckpt: ModuleCheckpoint, 
             ckpt.save(decoder, opt, snapshot())
             bar.close()
             return None
-        lr = warmup_cosine(step, (step - warmup) / max(1, plan.total - warmup), args.lr, warmup, floor=0.05)
+        rate = warmup_cosine(step, (step - warmup) / max(1, plan.total - warmup), lr, warmup, floor=0.05)
         for g in opt.param_groups:
-            g["lr"] = lr
-        idx = torch.from_numpy(np.random.default_rng([args.seed, 2, step]).integers(n, size=args.batch))
+            g["lr"] = rate
+        idx = torch.from_numpy(np.random.default_rng([args.seed, 2 + STAGES.index(stage), step]).integers(
+            n, size=args.batch))
         loss = distil_loss(decoder, data["latents"][idx].to(device), data["targets"][idx].to(device),
                            args.object_weight, args.cell_weight)
         opt.zero_grad(set_to_none=True)
@@ -330,20 +363,95 @@ def train(decoder, data: dict[str, torch.Tensor], args, ckpt: ModuleCheckpoint, 
         step += 1
         done_here += 1
         bar.update(1)
-        log.write(stage="train", step=step, loss=loss.item(), grad_norm=float(gnorm), lr=lr)
+        log.write(stage=stage, step=step, loss=loss.item(), grad_norm=float(gnorm), lr=rate)
         if plan.update(step, elapsed()):
             bar.total = plan.planned
-            log.write(stage="train", event="plan", step=step, planned=plan.planned,
+            log.write(stage=stage, event="plan", step=step, planned=plan.planned,
                       seconds_per_step=round(elapsed() / step, 3))
         if step % args.checkpoint_every == 0 and step < plan.total:
             ckpt.save(decoder, opt, snapshot())
     bar.close()
     if plan.cut_by_time(step):
         reason = "time"
-    final = {"stage": "done", "step": step, "planned": plan.planned, "elapsed": elapsed(), "stop": reason}
-    log.write(stage="train", event="end", step=step, reason=reason, seconds=round(elapsed(), 1))
+    final = {**keep, "stage": next_stage, "step": 0, f"{stage}_steps": step, f"{stage}_stop": reason,
+             f"{stage}_seconds": elapsed()}
+    log.write(stage=stage, event="end", step=step, reason=reason, seconds=round(elapsed(), 1))
     ckpt.save(decoder, None, final)
     return final
+
+
+class PreviewRecorder:
+    """Keeps every latent the reasoner's preview is asked to decode (normalised, on the CPU)."""
+
+    def __init__(self, reasoner) -> None:
+        self.reasoner, self.latents = reasoner, []
+
+    def __enter__(self) -> "PreviewRecorder":
+        original = type(self.reasoner).preview
+
+        def preview(latent, frame_indices):
+            self.latents.append(latent.detach().float().cpu().clone())
+            return original(self.reasoner, latent, frame_indices)
+
+        self.reasoner.preview = preview
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.reasoner.preview
+
+
+def optimised_latents(reasoner, decoder, folder: Path, tasks, seeds: list[int], steps: int,
+                      every: int) -> torch.Tensor:
+    """Raw latents the test-time loop visits when the grid oracle (``suites.grid.oracle``, the loss
+    whose optimum is the ground truth) drives it through ``decoder`` as the preview: every
+    ``every``-th of ``steps`` previews per task. Measured: latents optimised through a surrogate
+    trained on the other sources alone decode right through it and wrong through the VAE."""
+    import copy
+    from dataclasses import replace
+
+    from ..optimize import teach, tto_config
+    from ..reasoner.base import uniform_frame_indices
+    from ..suites.grid.oracle import OracleTeacher
+
+    mean, std = latent_stats(reasoner)
+    reasoner.use_preview_decoder(copy.deepcopy(decoder))
+    cfg = replace(tto_config({}, folder), fixed_steps=steps)
+    out = []
+    for task, seed in zip(tasks, seeds):
+        t = task.to_task()
+        cond = reasoner.prepare(t.prompt, t.first_frame, seed, **task.video_shape())
+        idx = uniform_frame_indices(cond.num_frames, cfg.num_frames_shown)
+        with torch.no_grad():
+            frozen = reasoner.preview(reasoner.predict_x0(cond), idx)
+        oracle = OracleTeacher(task, idx, device=frozen.device).calibrated(frozen)
+        with PreviewRecorder(reasoner) as rec:
+            teach(reasoner, oracle, t, cfg, seed=seed, queries=oracle.propose_queries(t.prompt, None),
+                  progress=False, **task.video_shape())
+        reasoner.remove_lora()
+        out += [z * std + mean for z in rec.latents[every - 1::every]]
+    reasoner.preview_decoder = None
+    return torch.cat(out)
+
+
+def oracle_data(reasoner, decoder, folder: Path, args, log: JsonlLog, path: Path) -> dict[str, torch.Tensor]:
+    """The second round's latents (``optimised_latents`` on train tasks) and their VAE decodes, cached."""
+    from safetensors.torch import load_file
+
+    from .grid_videos import train_tasks
+
+    if path.is_file():
+        return load_file(str(path))
+    t0 = time.time()
+    tasks = [t for t in train_tasks(args.train_tasks, seed=0) if t.num_frames == reasoner.defaults.num_frames]
+    rng = np.random.default_rng([args.seed, 3])
+    picks = [tasks[int(k)] for k in rng.integers(len(tasks), size=args.oracle_tasks)]
+    seeds = [int(s) for s in rng.integers(1 << 20, size=args.oracle_tasks)]
+    latents = optimised_latents(reasoner, decoder, folder, picks, seeds, args.oracle_steps, args.oracle_every)
+    data = {"latents": latents, "targets": vae_frames(reasoner, latents),
+            "source": torch.full((latents.shape[0],), SOURCES.index("oracle_tto"))}
+    save_safetensors(data, path)
+    log.write(stage="oracle_data", event="built", samples=latents.shape[0], seconds=round(time.time() - t0, 1))
+    return data
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -443,10 +551,17 @@ def model_card(metrics: dict[str, Any]) -> str:
         + ", ".join(f"{tr['by_source'][s]} {s}" for s in SOURCES) + "): `videos` are grid videos of the train "
         "split encoded by the VAE (ground truth, counterfactual goals, corruptions, random walks), `reasoner` "
         "the frozen reasoner's first-step predictions, `reasoner_lora` the same under random LoRAs "
-        f"(lora_B std up to {tr['lora_scale']})",
-        f"- {tr['steps_done']} steps of batch {tr['batch']} (stopped by: {tr['stop']}), "
-        f"{tr['train_minutes']:.1f} min training; the last invocation took {tr['invocation_minutes']:.1f} min "
-        f"in all ({tr['invocation_cpu_minutes']:.1f} min of CPU time)",
+        f"(lora_B std up to {tr['lora_scale']}), `oracle_tto` the latents the test-time loop previewed when the "
+        f"grid oracle drove it through the first-round surrogate ({tr['oracle_tasks']} train tasks, "
+        f"{tr['oracle_steps']} steps each)",
+        *([f"- started from `{tr['init_from']['file']}` (distilled from VAE `{tr['init_from']['vae_id']}` of "
+           f"{tr['init_from']['reasoner']}), not from a random init"] if tr.get("init_from") else []),
+        f"- first round: {tr['train_steps']} steps of batch {tr['batch']} (stopped by: {tr['train_stop']}), "
+        f"{tr['train_seconds'] / 60:.1f} min"
+        + (f"; second round on all the data: {tr['tune_steps']} steps (stopped by: {tr['tune_stop']}), "
+           f"{tr['tune_seconds'] / 60:.1f} min" if "tune_steps" in tr else ""),
+        f"- the last invocation took {tr['invocation_minutes']:.1f} min in all "
+        f"({tr['invocation_cpu_minutes']:.1f} min of CPU time)",
         "",
         "## Size",
         f"- widths {size['widths']}, time factors {size['time_upscale']}, patch {size['patch']}: "
@@ -527,14 +642,31 @@ def _run(args) -> int:
     folder = reasoner_folder(args.reasoner)
     reasoner = load_reasoner(folder, device=device, dtype=torch.float32)
     decoder = build_surrogate(reasoner, parse_widths(args.widths), args.seed)
+    if args.init_from is not None:
+        from ..reasoner.surrogate import TinyWanDecoder
+
+        start = TinyWanDecoder.from_file(args.init_from)
+        if start.widths != decoder.widths or start.temporal_scale != decoder.temporal_scale:
+            raise UserError(f"--init-from {args.init_from}: widths {start.widths}, time {start.temporal_scale}x; this "
+                            f"run builds {decoder.widths}, {decoder.temporal_scale}x (pass --widths to match)")
+        decoder.load_state_dict(start.state_dict())
     ckpt = ModuleCheckpoint(args.out / "checkpoint" / "surrogate.safetensors")
     _start(args, ckpt)
     log = JsonlLog(args.out / "log.jsonl")
     if args.resume and ckpt.exists():
-        log.keep_until(int(ckpt.state()["step"]))  # drop what was logged after the checkpoint
+        saved = ckpt.state()
+        log.keep_until(int(saved["step"]), saved["stage"])  # drop what was logged after the checkpoint
     log.write(event="start", resume=bool(args.resume), command=_command(args) + (" --resume" if args.resume else ""))
     data = build_data(reasoner, args, log, args.out / "cache" / "data.safetensors")
-    state = train(decoder, data, args, ckpt, log, device)
+    state = train(decoder, data, args, ckpt, log, device, stage="train", steps=args.steps, lr=args.lr,
+                  budget_s=args.minutes * 60, next_stage="tune" if args.oracle_tasks else "done")
+    if state is not None and state["stage"] in ("tune", "done") and args.oracle_tasks:
+        if state["stage"] == "tune":
+            ckpt.load(decoder, None)  # the first round's surrogate drives the loop
+        extra = oracle_data(reasoner, decoder, folder, args, log, args.out / "cache" / "oracle.safetensors")
+        data = {k: torch.cat([data[k], extra[k]]) for k in data}
+        state = train(decoder, data, args, ckpt, log, device, stage="tune", steps=args.tune_steps, lr=args.lr / 2,
+                      budget_s=args.tune_minutes * 60, next_stage="done")
     if state is None:
         print(f"stopped in training; continue with --resume (checkpoint in {ckpt.path.parent})")
         return 0
@@ -558,8 +690,11 @@ def _run(args) -> int:
             "invocations": [r["command"] for r in log.records() if r.get("event") == "start" and r.get("command")],
             "machine": machine_line(args.device), "torch": torch.__version__, "seed": args.seed,
             "samples": len(source), "by_source": {s: source.count(i) for i, s in enumerate(SOURCES)},
-            "lora_scale": args.lora_scale, "batch": args.batch, "steps_done": state["step"],
-            "stop": state.get("stop", "steps"), "train_minutes": state["elapsed"] / 60,
+            "lora_scale": args.lora_scale, "batch": args.batch,
+            **{k: v for k, v in state.items() if k.startswith(("train_", "tune_"))},
+            "oracle_tasks": args.oracle_tasks, "oracle_steps": args.oracle_steps,
+            "init_from": None if args.init_from is None else {"file": str(args.init_from),
+                                                               **_file_record(args.init_from)},
         },
         "size": {"widths": list(decoder.widths), "time_upscale": list(decoder.time_upscale), "patch": decoder.patch,
                  "params": count(decoder), "file_mb": (model_dir / FILE_NAME).stat().st_size / 1e6},

@@ -34,10 +34,11 @@ class JsonlLog:
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    def keep_until(self, step: int) -> None:
-        """Drop the records of steps after ``step`` (written after the checkpoint a run resumes from)."""
+    def keep_until(self, step: int, stage: str | None = None) -> None:
+        """Drop the records of steps after ``step`` (written after the checkpoint a run resumes from);
+        with ``stage``, only that stage's (earlier stages count their steps from 1 again)."""
         if self.path.is_file():
-            keep = [r for r in self.records() if r.get("step", 0) <= step]
+            keep = [r for r in self.records() if r.get("step", 0) <= step or stage not in (None, r.get("stage"))]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
 
 
