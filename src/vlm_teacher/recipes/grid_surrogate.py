@@ -34,8 +34,10 @@ Repeatability and resumption: the seed fixes the surrogate's init, the data and 
 step's batch (drawn from ``(seed, step)``); ``checkpoint/surrogate.safetensors`` holds the
 weights, the AdamW state and the run state, and ``--resume`` continues the run. The
 training stage times its first steps and fixes how many fit in ``--minutes``
-(``scaffold.StepPlan``). The default settings take about 10 minutes on one CPU thread in
-all (data about 2, training 7, evaluation about 1).
+(``scaffold.StepPlan``). From scratch the defaults take about 14 CPU minutes on one thread
+(data 2, first round up to 7, second round 4, evaluation 1); re-distilling for a retrained
+VAE from the surrogate of the previous one (``--init-from FILE --steps 1000``) took 7.7 CPU
+minutes here (the shipped card).
 
 Outputs in ``--out``: ``model/`` (``surrogate_decoder.safetensors``, ``metrics.json``,
 ``MODEL_CARD.md``), ``log.jsonl``, ``checkpoint/``, ``cache/``. ``--export DIR`` copies
@@ -81,8 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reasoner", type=Path, default=None,
                    help="Wan pipeline folder whose VAE decoder is distilled (default: the embedded grid-wan)")
     p.add_argument("--minutes", type=float, default=7.0,
-                   help="wall-clock budget of the training stage (default %(default)s; the data and the "
-                        "evaluation add about 3 minutes on one thread)")
+                   help="wall-clock budget of the first training round (default %(default)s; the data, the "
+                        "second round and the evaluation add about 7 minutes on one thread)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     p.add_argument("--export", type=Path, default=None,
