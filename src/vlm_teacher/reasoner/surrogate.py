@@ -22,7 +22,9 @@ converted to safetensors if needed) can be loaded, with the channel widths read 
 the file; that compatibility is NOT verified here (no such file could be fetched). A
 file that does not fit fails with a clear error naming the mismatched tensors.
 Random weights serve the benchmarks (timing and memory do not depend on them);
-for real use, load trained weights (or distil this decoder on the full VAE).
+for real use, load trained weights: ``vlm-teacher train surrogate`` distils this decoder on
+a grid reasoner's VAE (``recipes/grid_surrogate.py``; the embedded reasoner's ships in
+``embedded/grid-wan-surrogate``).
 
 Only the frames the teacher sees are computed at full resolution: after the last
 memory block everything is per frame, so ``decode(z, frame_indices)`` runs the final
