@@ -1,4 +1,4 @@
-"""`vlm-teacher train reasoner | teacher`: the recipes that build the embedded models."""
+"""`vlm-teacher train reasoner | teacher | surrogate`: the recipes that build the embedded models."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from ..errors import UserError
 RECIPES = {
     "reasoner": ("vlm_teacher.recipes.grid_reasoner", "small Wan pipeline (VAE, text encoder, transformer) on grid videos"),
     "teacher": ("vlm_teacher.recipes.grid_teacher", "small Qwen-VL: yes/no answers about grid videos and query writing"),
+    "surrogate": ("vlm_teacher.recipes.grid_surrogate", "small surrogate preview decoder distilled from a reasoner's VAE"),
 }
 
 

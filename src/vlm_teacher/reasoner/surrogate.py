@@ -22,7 +22,9 @@ converted to safetensors if needed) can be loaded, with the channel widths read 
 the file; that compatibility is NOT verified here (no such file could be fetched). A
 file that does not fit fails with a clear error naming the mismatched tensors.
 Random weights serve the benchmarks (timing and memory do not depend on them);
-for real use, load trained weights (or distil this decoder on the full VAE).
+for real use, load trained weights: ``vlm-teacher train surrogate`` distils this decoder on
+a grid reasoner's VAE (``recipes/grid_surrogate.py``; the embedded reasoner's ships in
+``embedded/grid-wan-surrogate``).
 
 Only the frames the teacher sees are computed at full resolution: after the last
 memory block everything is per frame, so ``decode(z, frame_indices)`` runs the final
@@ -131,9 +133,10 @@ class TinyWanDecoder(nn.Module):
     def forward(self, z: torch.Tensor, frame_indices: Sequence[int] | None = None) -> torch.Tensor:
         return self.decode(z, frame_indices)
 
-    def decode(self, z: torch.Tensor, frame_indices: Sequence[int] | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, frame_indices: Sequence[int] | None = None, clamp: bool = True) -> torch.Tensor:
         """(B, z, T, h, w) -> (B, F, 3, H, W) in [0, 1]; with ``frame_indices`` only those
-        frames (F = len(frame_indices)), computed without decoding the others at full size."""
+        frames (F = len(frame_indices)), computed without decoding the others at full size.
+        ``clamp=False`` leaves the output unclamped (for training: a clamped pixel has no gradient)."""
         if z.ndim != 5 or z.shape[1] != self.latent_channels:
             raise ValueError(f"expected a (B, {self.latent_channels}, T, h, w) latent, got {tuple(z.shape)}")
         b, c, t, h, w = z.shape
@@ -161,7 +164,8 @@ class TinyWanDecoder(nn.Module):
         for layer in layers[self._per_frame_from + 2:]:
             x = layer(x)
         x = F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
-        return x.clamp(0.0, 1.0).reshape(b, len(pick), 3, *x.shape[-2:])
+        x = x.clamp(0.0, 1.0) if clamp else x
+        return x.reshape(b, len(pick), 3, *x.shape[-2:])
 
     # ------------------------------------------------------------------ files
     @classmethod

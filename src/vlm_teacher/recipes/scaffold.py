@@ -34,10 +34,11 @@ class JsonlLog:
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    def keep_until(self, step: int) -> None:
-        """Drop the records of steps after ``step`` (written after the checkpoint a run resumes from)."""
+    def keep_until(self, step: int, stage: str | None = None) -> None:
+        """Drop the records of steps after ``step`` (written after the checkpoint a run resumes from);
+        with ``stage``, only that stage's (earlier stages count their steps from 1 again)."""
         if self.path.is_file():
-            keep = [r for r in self.records() if r.get("step", 0) <= step]
+            keep = [r for r in self.records() if r.get("step", 0) <= step or stage not in (None, r.get("stage"))]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
 
 
@@ -154,3 +155,51 @@ def command_record(words: str, args: argparse.Namespace, add_arguments: Callable
         else:
             parts += [flag, str(value)]
     return " ".join(parts)
+
+
+class ModuleCheckpoint:
+    """One safetensors file with a module's weights, its optimiser's state and the run's state
+    (JSON in the file's metadata): written atomically, so a kill leaves the old checkpoint or the
+    new one, never weights of one step beside the state of another."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def save(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        groups = None
+        if optimizer is not None:
+            sd = optimizer.state_dict()
+            for idx, st in sd["state"].items():
+                for key, value in st.items():
+                    tensors[f"optim.{idx}.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).cpu()
+            groups = sd["param_groups"]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_safetensors(tensors, self.path, metadata={"state": json.dumps({**state, "optimizer_param_groups": groups})})
+
+    def state(self) -> dict[str, Any]:
+        """The run state saved with the weights."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as fh:
+            return json.loads((fh.metadata() or {})["state"])
+
+    def load(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+        """Put the weights (and the optimiser state) in place; return the run state."""
+        from safetensors.torch import load_file
+
+        state = self.state()
+        tensors = load_file(str(self.path))
+        module.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        groups = state.pop("optimizer_param_groups", None)
+        if optimizer is not None and groups:
+            per: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optim."):
+                    _, idx, name = key.split(".", 2)
+                    per.setdefault(int(idx), {})[name] = value
+            optimizer.load_state_dict({"state": per, "param_groups": groups})
+        return state
