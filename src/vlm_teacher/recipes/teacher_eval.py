@@ -21,6 +21,7 @@ every user takes), on held-out tasks (``test`` and ``ood`` splits; training uses
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -125,16 +126,24 @@ def query_figures(teacher, split: str, n: int) -> dict[str, Any]:
     return {k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("parsed", "goal_right", "exact")} | {"n": len(rows)}
 
 
-def evaluate(folder: Path, reasoner_samples, args) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EvalSettings:
+    """What ``evaluate`` reads: tasks per family for rendered videos and for query writing, torch threads."""
+    eval_tasks: int
+    eval_queries: int
+    threads: int = 2
+
+
+def evaluate(folder: Path, reasoner_samples, ev: EvalSettings) -> dict[str, Any]:
     import torch
 
     from ..teacher import load_teacher
 
-    torch.set_num_threads(max(1, getattr(args, "threads", 2)))
+    torch.set_num_threads(max(1, ev.threads))
     teacher = load_teacher(folder)
     figures: dict[str, Any] = {"renders": {}, "reasoner": {}, "queries": {}}
     for split in ("test", "ood"):
-        for group, examples in render_examples(split, args.eval_tasks).items():
+        for group, examples in render_examples(split, ev.eval_tasks).items():
             figures["renders"][f"{split}/{group}"] = accuracy(_p_yes(teacher, examples))
         samples = [s for s in reasoner_samples if s.task.split == split]
         if samples:
@@ -147,7 +156,7 @@ def evaluate(folder: Path, reasoner_samples, args) -> dict[str, Any]:
             entry["calibration"] = calibration(scored)
             entry["hacking"] = hacking(scored)
             figures["reasoner"][split] = entry
-        figures["queries"][split] = query_figures(teacher, split, args.eval_queries)
+        figures["queries"][split] = query_figures(teacher, split, ev.eval_queries)
     return figures
 
 
@@ -165,14 +174,14 @@ def _acc_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_model_card(folder: Path, figures: dict[str, Any], args) -> Path:
-    """MODEL_CARD.md, every figure read from ``figures`` (the eval.json of this run)."""
+def write_model_card(folder: Path, figures: dict[str, Any], fallback_command: str) -> Path:
+    """MODEL_CARD.md, every figure read from ``figures`` (the eval.json of this run); ``fallback_command``
+    (with its reasoner option added) stands for a training record that has no command."""
     from ..suites.grid.questions import PROCESS_TYPES, goal_question, process_question
 
     tr = figures["training"]
-    cmd = tr.get("command") or (f"vlm-teacher train teacher --out {args.out} --minutes {args.minutes:g} "
-                                f"--seed {args.seed}" + (f" --reasoner {tr['reasoner']}" if tr["reasoner"]
-                                                         else " --no-reasoner"))
+    cmd = tr.get("command") or (fallback_command + (f" --reasoner {tr['reasoner']}" if tr["reasoner"]
+                                                    else " --no-reasoner"))
     L = ["# grid-qwen: the embedded teacher", "",
          "A small Qwen3-VL (transformers `Qwen3VLForConditionalGeneration`, built from config, patch 16 = one "
          f"grid cell) trained {'in several runs' if tr.get('init_from') else 'from scratch'} by "
