@@ -168,6 +168,21 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def write_into_card(folder: str, alignment: dict[str, Any]) -> None:
+    import json
+    from pathlib import Path
+
+    from vlm_teacher.files import write_json
+    from vlm_teacher.recipes.grid_teacher import EVAL_NAME
+    from vlm_teacher.recipes.teacher_eval import write_model_card
+
+    path = Path(folder) / EVAL_NAME
+    figures = json.loads(path.read_text(encoding="utf-8"))
+    figures["alignment"] = alignment
+    write_json(path, figures)
+    write_model_card(Path(folder), figures, f"vlm-teacher train teacher --out {folder}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from vlm_teacher.embedded import REASONER_DIR, TEACHER_DIR
 
@@ -180,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="teacher_alignment", help="results/<out>.md and .json (a path: written there)")
+    p.add_argument("--card", action="store_true",
+                   help="also write the summary into the teacher folder's eval.json (\"alignment\") and "
+                        "rewrite its MODEL_CARD.md from it")
     a = p.parse_args(argv)
     if a.tasks <= 0:
         p.error("--tasks must be positive")
@@ -237,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                      "lr": cfg.lr, "tau": cfg.tau}, notes)
     print("\n".join(table))
     print(f"written {path}")
+    if a.card:
+        write_into_card(a.teacher, {"command": command.strip(), "reasoner": a.reasoner, "lr": cfg.lr, **s})
+        print(f"written the alignment figures into {a.teacher}/eval.json and MODEL_CARD.md")
     return 0
 
 

@@ -107,6 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the auxiliary per-cell perception loss (0 = off; default 0.5)")
     g.add_argument("--reasoner-share", type=float, default=0.5,
                    help="share of videos drawn from the reasoner's outputs when there are any (default 0.5)")
+    g.add_argument("--blend-share", type=float, default=0.0,
+                   help="share of videos that are a failing example moved a random fraction of the way to its "
+                        "ground truth (pixel blend), labelled by the verifier of the blend: the line the "
+                        "teacher's loss should fall along (default 0 = none)")
     g.add_argument("--weight-scan", type=int, default=400,
                    help="examples drawn up front to balance Yes/No per question type (default 400)")
     g.add_argument("--reasoner-jobs", type=int, default=160, help="train-split (task, seed) reasoner runs (default 160)")
@@ -131,6 +135,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "rewrite its eval.json (keeping the training record) and MODEL_CARD.md")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--align-loss", type=float, default=0.0,
+                   help="weight of the gradient-alignment loss: 1 - cosine of the input gradient of the "
+                        "teacher's test-time loss with the direction to the asked task's ground truth, on "
+                        "failing videos (double backprop; default 0 = off)")
+    g.add_argument("--align-batch", type=int, default=2, help="failing videos per step given the alignment loss")
     g.add_argument("--warmup", type=int, default=20)
     g.add_argument("--ckpt-every", type=int, default=100)
     g = p.add_argument_group("model size (a Qwen3-VL built from config)")
@@ -186,6 +195,7 @@ class DataSettings:
     query_every: int
     reasoner_share: float
     weight_scan: int
+    blend_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -212,6 +222,8 @@ class TrainSettings:
     goal_contrast: bool
     where_loss: float
     cell_loss: float
+    align_loss: float = 0.0
+    align_batch: int = 2
 
 
 def _check(minutes: float, size: ModelSize, data: DataSettings, train: TrainSettings, folders: Folders,
@@ -231,6 +243,11 @@ def _check(minutes: float, size: ModelSize, data: DataSettings, train: TrainSett
         raise UserError(f"--tto-jobs must be >= 0, got {videos.tto_jobs}")
     if not 0.0 <= data.reasoner_share <= 1.0:
         raise UserError(f"--reasoner-share must be in [0, 1], got {data.reasoner_share}")
+    if not 0.0 <= data.blend_share <= 1.0:
+        raise UserError(f"--blend-share must be in [0, 1], got {data.blend_share}")
+    if train.align_loss < 0 or train.align_batch < 1:
+        raise UserError(f"--align-loss must be >= 0 and --align-batch >= 1, got {train.align_loss} and "
+                        f"{train.align_batch}")
     if size.hidden % size.heads or size.heads % size.kv_heads:
         raise UserError("--hidden must divide by --heads, and --heads by --kv-heads")
     if size.vision_hidden % size.vision_heads:
@@ -451,6 +468,33 @@ def class_weights(examples) -> dict[tuple[str, bool], float]:
     return out
 
 
+def align_target(example) -> np.ndarray | None:
+    """The ground truth of the example's asked task when the gradient-alignment loss applies to the
+    example: a video the verifier fails (some answer No) of the ground truth's shape."""
+    if all(example.labels.values()):
+        return None
+    truth = example.task.video()
+    return truth if truth.shape == example.video.shape and not np.array_equal(truth, example.video) else None
+
+
+def align_loss(teacher, example, truth: np.ndarray, lam: float = 0.5) -> torch.Tensor:
+    """1 - cosine of the input gradient of the test-time loss (lambda-weighted -log P(Yes) of the
+    suite's questions, ``objective.weighted_loss``) with ``video - truth``, frames after the first
+    (the reasoner pins that one): small when a descent step on the teacher's loss moves the pixels
+    toward the legal video, as the MSE to it would. Differentiable in the teacher's weights (double
+    backprop: the teacher must be loaded with eager attention)."""
+    from ..objective import weighted_loss
+    from ..suites.grid.questions import grid_queries
+    from ..video import to_float
+
+    x = to_float(example.video).requires_grad_(True)
+    loss = weighted_loss(teacher.yes_logprob(x, grid_queries(example.task).all), lam)
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+    direction = x.detach() - to_float(truth)
+    cos = torch.nn.functional.cosine_similarity(grad[1:].reshape(-1), direction[1:].reshape(-1), dim=0)
+    return 1.0 - cos
+
+
 # ---------------------------------------------------------------- auxiliary perception loss
 
 #: frame-level facts of the cell probe: any unreadable cell (2), exactly one agent (2),
@@ -567,6 +611,13 @@ class Stream:
         self.share = data.reasoner_share if reasoner_examples else 0.0
 
     def draw(self, rng: np.random.Generator):
+        from .teacher_data import blend_example
+
+        if self.data.blend_share and rng.random() < self.data.blend_share:
+            return blend_example(self._draw(rng), rng)
+        return self._draw(rng)
+
+    def _draw(self, rng: np.random.Generator):
         from .teacher_data import render_example
 
         if self.share and rng.random() < self.share:
@@ -592,6 +643,8 @@ def _eval_only(out: Path, eval_samples, reasoner_dir, ev: EvalSettings, command:
     figures["training"]["reasoner_eval_videos"] = len(eval_samples)
     figures["training"]["eval_reasoner"] = str(reasoner_dir) if reasoner_dir else None
     figures["training"]["eval_command"] = command + " --eval-only"
+    if old.get("alignment"):  # the same weights: their figures on the loop's previews still hold
+        figures["alignment"] = old["alignment"]
     write_json(out / EVAL_NAME, figures)
     teacher_eval.write_model_card(out, figures, fallback_command)
     print(f"evaluated {out}; figures in {out / EVAL_NAME}")
@@ -677,11 +730,13 @@ def _reasoner_videos(reasoner_dir: Path | None, work: Path, init: Path, t0: floa
     return eval_samples, train_samples, tto_samples
 
 
-def _load_for_training(folder: Path, work: Path, resuming: bool, *, cell_loss: float, lr: float, seed: int):
-    """(teacher in training mode, cell probe or None, parameters, AdamW, run state), resumed when asked."""
+def _load_for_training(folder: Path, work: Path, resuming: bool, *, cell_loss: float, lr: float, seed: int,
+                       double_backprop: bool = False):
+    """(teacher in training mode, cell probe or None, parameters, AdamW, run state), resumed when asked.
+    ``double_backprop``: eager attention (torch's CPU flash attention has no second derivative)."""
     from ..teacher.qwen import QwenVLTeacher
 
-    teacher = QwenVLTeacher.from_pretrained(folder)
+    teacher = QwenVLTeacher.from_pretrained(folder, attn_implementation="eager" if double_backprop else None)
     teacher.model.requires_grad_(True)
     teacher.model.train()
     probe = CellProbe(teacher) if cell_loss > 0 else None
@@ -696,8 +751,9 @@ def _load_for_training(folder: Path, work: Path, resuming: bool, *, cell_loss: f
 
 
 def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr: float, weights, yes_no, digits, *,
-                seed: int, contrast_goals: bool, where_loss: float, cell_loss: float) -> dict[str, Any]:
-    """One optimiser step on the answer, where, cell and query losses; returns its log record."""
+                seed: int, contrast_goals: bool, where_loss: float, cell_loss: float, align_weight: float = 0.0,
+                align_batch: int = 2) -> dict[str, Any]:
+    """One optimiser step on the answer, where, cell, alignment and query losses; returns its log record."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     videos, qtasks = stream.step(step)
@@ -718,6 +774,14 @@ def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr
             c_loss += float(cell.detach())
             loss = loss + cell_loss * cell
         loss.backward()
+    al_loss, n_align = 0.0, 0
+    if align_weight > 0:
+        pairs = [(ex, t) for ex in videos if (t := align_target(ex)) is not None][:align_batch]
+        for ex, truth in pairs:
+            loss = align_loss(teacher, ex, truth) / len(pairs)
+            (align_weight * loss).backward()
+            al_loss += float(loss.detach())
+        n_align = len(pairs)
     q_loss = 0.0
     for qt in qtasks:
         loss, n = query_loss(teacher, qt)  # (no vision pass of a video: the probe is not used)
@@ -726,8 +790,11 @@ def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr
         q_loss += float(loss.detach())
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
     optimizer.step()
-    return {"lr": lr, "answer_loss": a_loss, "where_loss": w_loss, "cell_loss": c_loss, "query_loss": q_loss,
-            "grad_norm": grad_norm, "sources": [v.source for v in videos]}
+    record = {"lr": lr, "answer_loss": a_loss, "where_loss": w_loss, "cell_loss": c_loss, "query_loss": q_loss,
+              "grad_norm": grad_norm, "sources": [v.source for v in videos]}
+    if align_weight > 0:
+        record |= {"align_loss": al_loss, "align_videos": n_align}
+    return record
 
 
 def _train(train: TrainSettings, teacher, probe, params, optimizer, state, stream: Stream, weights, work: Path,
@@ -755,7 +822,7 @@ def _train(train: TrainSettings, teacher, probe, params, optimizer, state, strea
         record = _train_step(teacher, probe, params, optimizer, stream, step,
                              lr_at(step, progress, train.lr, train.warmup), weights, yes_no, digits, seed=train.seed,
                              contrast_goals=train.goal_contrast, where_loss=train.where_loss,
-                             cell_loss=train.cell_loss)
+                             cell_loss=train.cell_loss, align_weight=train.align_loss, align_batch=train.align_batch)
         step += 1
         seconds = time.monotonic() - ts
         state["train_seconds"] = float(state["train_seconds"]) + seconds
@@ -791,6 +858,7 @@ def _ship(out: Path, state, samples, weights, reasoner_dir: Path | None, t0: flo
         "reasoner_train_videos": len(train_samples), "reasoner_eval_videos": len(eval_samples),
         "tto_train_videos": len(tto_samples), "tto_lr": record["tto_lr"],
         "train_tasks_per_family": record["train_tasks_per_family"], "seed": record["seed"],
+        "blend_share": record["blend_share"], "align_loss": record["align_loss"],
         "wall_seconds": round(time.monotonic() - t0, 1),
         "weights_mb": round(sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6, 2),
         "class_weights": {f"{k}={'yes' if v else 'no'}": w for (k, v), w in sorted(weights.items())},
@@ -806,7 +874,7 @@ def _training_record(args, command: str) -> dict[str, Any]:
     return {"threads": args.threads, "command": command,
             "init_from": str(args.init_from) if args.init_from else None, "lineage": init_lineage(args.init_from),
             "tto_lr": args.tto_lr if args.tto_jobs else None, "train_tasks_per_family": args.train_tasks,
-            "seed": args.seed}
+            "seed": args.seed, "blend_share": args.blend_share, "align_loss": args.align_loss}
 
 
 def _fallback_command(args) -> str:
@@ -825,7 +893,8 @@ def _train_and_save(folders: Folders, data: DataSettings, train: TrainSettings, 
     weights = class_weights([stream.draw(scan_rng) for _ in range(max(1, data.weight_scan))])
     teacher, probe, params, optimizer, state = _load_for_training(work / "ckpt" if resuming else init, work, resuming,
                                                                   cell_loss=train.cell_loss, lr=train.lr,
-                                                                  seed=train.seed)
+                                                                  seed=train.seed,
+                                                                  double_backprop=train.align_loss > 0)
     log = JsonlLog(work / LOG_NAME, stamp=False)
     log.keep_until(int(state["step"]))  # drop lines written after the checkpoint
     step = _train(train, teacher, probe, params, optimizer, state, stream, weights, work, init, log,

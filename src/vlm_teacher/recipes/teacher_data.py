@@ -148,6 +148,18 @@ def render_example(task: GridTask, rng: np.random.Generator, mix: dict[str, floa
     return labelled(ask, video, source)
 
 
+def blend_example(example: Example, rng: np.random.Generator) -> Example:
+    """``example``'s video moved a random fraction of the way to the ground truth of its asked task
+    (a pixel blend, as on the line the test-time loop should travel), labelled by the verifier of the
+    blend itself. Returned unchanged when the shapes differ or the video is the ground truth."""
+    truth = example.task.video()
+    if truth.shape != example.video.shape or np.array_equal(truth, example.video):
+        return example
+    a = float(rng.uniform(0.0, 1.0))
+    video = np.clip(np.rint((1 - a) * example.video.astype(np.float32) + a * truth.astype(np.float32)), 0, 255)
+    return labelled(example.task, video.astype(np.uint8), "blend")
+
+
 # ---------------------------------------------------------------- the reasoner
 
 #: what made a ``ReasonerSample``: the frozen reasoner, or the reasoner after test-time updates

@@ -174,6 +174,24 @@ def _acc_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def alignment_section(al: dict[str, Any] | None) -> list[str]:
+    """The card's figures on the test-time loop's own previews (``benchmarks/teacher_alignment.py --card``)."""
+    if not al:
+        return []
+    rates = "; ".join(f"{k} {_pct(v)} ({al['false_yes'][k]})" for k, v in al["false_yes_rate"].items())
+    return ["", f"### On the test-time loop's own previews ({al['tasks']} grid:test tasks, lr {al['lr']:g})", "",
+            f"Command: `{al['command']}` (reasoner `{al['reasoner']}`). Judged by the pixel verifier.", "",
+            f"- False Yes (P(Yes) > 0.5 where the verifier says No) on the previews the loop visited: {rates}.",
+            f"- Gradient of its loss at the frozen preview, pulled back to the LoRA parameters: cosine with the "
+            f"gradient of the MSE to the ground truth {al['cosine_mean']:+.3f} on average, positive on "
+            f"{al['cosine_positive']} of {al['tasks']} tasks.",
+            f"- Its loss along the line frozen preview -> ground truth falls all the way on {al['line_monotone']} "
+            f"of {al['tasks']} tasks; mean " + ", ".join(f"{x:.2f}" for x in al["line_mean"]) + ".",
+            f"- Reward hacking: {al['early_stops_failing']} of {al['early_stops']} early stops (loss <= tau) on a "
+            f"video the verifier fails; the loop's final video passes on {al['tto_pass']} of {al['tasks']} "
+            f"(frozen {al['frozen_pass']})."]
+
+
 def write_model_card(folder: Path, figures: dict[str, Any], fallback_command: str) -> Path:
     """MODEL_CARD.md, every figure read from ``figures`` (the eval.json of this run); ``fallback_command``
     (with its reasoner option added) stands for a training record that has no command."""
@@ -236,6 +254,7 @@ def write_model_card(folder: Path, figures: dict[str, Any], fallback_command: st
               f"{h['videos_failing']} (video, goal) pairs that fail."]
     if not figures["reasoner"]:
         L += ["", "No reasoner was available for this run: no figures on reasoner videos."]
+    L += alignment_section(figures.get("alignment"))
     L += ["", "### Query writing (`propose_queries`)", "", "| split | n | parses | goal colour and family right | "
           "exactly the intended questions |", "|---|---|---|---|---|"]
     L += [f"| {s} | {q['n']} | {_pct(q['parsed'])} | {_pct(q['goal_right'])} | {_pct(q['exact'])} |"
