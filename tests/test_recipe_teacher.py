@@ -169,6 +169,7 @@ def test_blends_are_labelled_by_the_verifier_of_the_blend():
         ex = blend_example(failing, rng)
         assert ex.source == "blend" and ex.video.shape == failing.video.shape and ex.video.dtype == np.uint8
         assert ex.labels == answers(task, verify(task, ex.video))
+        assert all(ex.soft[k] == 1.0 if yes else 0.0 <= ex.soft[k] < 0.5 for k, yes in ex.labels.items())
         assert np.abs(ex.video.astype(int) - task.video()).sum() <= np.abs(failing.video.astype(int) - task.video()).sum()
         seen.add(tuple(ex.labels.values()))
     assert len(seen) == 2  # near the failing end it fails, near the truth it passes

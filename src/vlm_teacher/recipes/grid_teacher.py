@@ -140,6 +140,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "teacher's test-time loss with the direction to the asked task's ground truth, on "
                         "failing videos (double backprop; default 0 = off)")
     g.add_argument("--align-batch", type=int, default=2, help="failing videos per step given the alignment loss")
+    g.add_argument("--align-pool", type=int, default=1,
+                   help="compare the two directions averaged over this many pixels square (default 1 = per pixel)")
     g.add_argument("--warmup", type=int, default=20)
     g.add_argument("--ckpt-every", type=int, default=100)
     g = p.add_argument_group("model size (a Qwen3-VL built from config)")
@@ -224,6 +226,7 @@ class TrainSettings:
     cell_loss: float
     align_loss: float = 0.0
     align_batch: int = 2
+    align_pool: int = 1
 
 
 def _check(minutes: float, size: ModelSize, data: DataSettings, train: TrainSettings, folders: Folders,
@@ -245,9 +248,9 @@ def _check(minutes: float, size: ModelSize, data: DataSettings, train: TrainSett
         raise UserError(f"--reasoner-share must be in [0, 1], got {data.reasoner_share}")
     if not 0.0 <= data.blend_share <= 1.0:
         raise UserError(f"--blend-share must be in [0, 1], got {data.blend_share}")
-    if train.align_loss < 0 or train.align_batch < 1:
-        raise UserError(f"--align-loss must be >= 0 and --align-batch >= 1, got {train.align_loss} and "
-                        f"{train.align_batch}")
+    if train.align_loss < 0 or train.align_batch < 1 or train.align_pool < 1:
+        raise UserError(f"--align-loss must be >= 0, --align-batch and --align-pool >= 1, got {train.align_loss}, "
+                        f"{train.align_batch} and {train.align_pool}")
     if size.hidden % size.heads or size.heads % size.kv_heads:
         raise UserError("--hidden must divide by --heads, and --heads by --kv-heads")
     if size.vision_hidden % size.vision_heads:
@@ -430,7 +433,13 @@ def answer_loss(teacher, example, weights: dict[tuple[str, bool], float], yes_no
     target = torch.tensor([yes_no[0] if y else yes_no[1] for y in answers] + [t for _, t in extra])
     w = torch.tensor([weights.get((k, example.labels[k]), 1.0) for k in kinds]
                      + [weights.get(("goal", y), 1.0) for _, y in contrast] + [extra_weight] * len(extra))
-    terms = torch.nn.functional.cross_entropy(logits, target, reduction="none") * w
+    terms = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    if example.soft:  # P(Yes) targets on the example's own questions (blends): cross-entropy on {Yes, No}
+        logp = torch.log_softmax(logits[:len(kinds)], dim=-1)
+        p = torch.tensor([example.soft[k] for k in kinds])
+        soft = -(p * logp[:, yes_no[0]] + (1 - p) * logp[:, yes_no[1]])
+        terms = torch.cat([soft, terms[len(kinds):]])
+    terms = terms * w
     n = len(answers)
     return terms[:n].sum(), terms[n:].sum()
 
@@ -477,12 +486,13 @@ def align_target(example) -> np.ndarray | None:
     return truth if truth.shape == example.video.shape and not np.array_equal(truth, example.video) else None
 
 
-def align_loss(teacher, example, truth: np.ndarray, lam: float = 0.5) -> torch.Tensor:
+def align_loss(teacher, example, truth: np.ndarray, lam: float = 0.5, pool: int = 1) -> torch.Tensor:
     """1 - cosine of the input gradient of the test-time loss (lambda-weighted -log P(Yes) of the
     suite's questions, ``objective.weighted_loss``) with ``video - truth``, frames after the first
     (the reasoner pins that one): small when a descent step on the teacher's loss moves the pixels
     toward the legal video, as the MSE to it would. Differentiable in the teacher's weights (double
-    backprop: the teacher must be loaded with eager attention)."""
+    backprop: the teacher must be loaded with eager attention). ``pool``: both compared after averaging
+    over pool x pool pixel blocks (the coarse direction a reasoner's LoRA can follow; 1 = per pixel)."""
     from ..objective import weighted_loss
     from ..suites.grid.questions import grid_queries
     from ..video import to_float
@@ -491,7 +501,10 @@ def align_loss(teacher, example, truth: np.ndarray, lam: float = 0.5) -> torch.T
     loss = weighted_loss(teacher.yes_logprob(x, grid_queries(example.task).all), lam)
     (grad,) = torch.autograd.grad(loss, x, create_graph=True)
     direction = x.detach() - to_float(truth)
-    cos = torch.nn.functional.cosine_similarity(grad[1:].reshape(-1), direction[1:].reshape(-1), dim=0)
+    grad, direction = grad[1:], direction[1:]
+    if pool > 1:
+        grad, direction = (torch.nn.functional.avg_pool2d(t, pool) for t in (grad, direction))
+    cos = torch.nn.functional.cosine_similarity(grad.reshape(-1), direction.reshape(-1), dim=0)
     return 1.0 - cos
 
 
@@ -752,7 +765,7 @@ def _load_for_training(folder: Path, work: Path, resuming: bool, *, cell_loss: f
 
 def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr: float, weights, yes_no, digits, *,
                 seed: int, contrast_goals: bool, where_loss: float, cell_loss: float, align_weight: float = 0.0,
-                align_batch: int = 2) -> dict[str, Any]:
+                align_batch: int = 2, align_pool: int = 1) -> dict[str, Any]:
     """One optimiser step on the answer, where, cell, alignment and query losses; returns its log record."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -778,7 +791,7 @@ def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr
     if align_weight > 0:
         pairs = [(ex, t) for ex in videos if (t := align_target(ex)) is not None][:align_batch]
         for ex, truth in pairs:
-            loss = align_loss(teacher, ex, truth) / len(pairs)
+            loss = align_loss(teacher, ex, truth, pool=align_pool) / len(pairs)
             (align_weight * loss).backward()
             al_loss += float(loss.detach())
         n_align = len(pairs)
@@ -822,7 +835,8 @@ def _train(train: TrainSettings, teacher, probe, params, optimizer, state, strea
         record = _train_step(teacher, probe, params, optimizer, stream, step,
                              lr_at(step, progress, train.lr, train.warmup), weights, yes_no, digits, seed=train.seed,
                              contrast_goals=train.goal_contrast, where_loss=train.where_loss,
-                             cell_loss=train.cell_loss, align_weight=train.align_loss, align_batch=train.align_batch)
+                             cell_loss=train.cell_loss, align_weight=train.align_loss, align_batch=train.align_batch,
+                             align_pool=train.align_pool)
         step += 1
         seconds = time.monotonic() - ts
         state["train_seconds"] = float(state["train_seconds"]) + seconds

@@ -232,7 +232,15 @@ def write_model_card(folder: Path, figures: dict[str, Any], fallback_command: st
          "target colour of its first frame (`grid_teacher.goal_contrast`): Yes and No answers on the same video "
          "tokens, the signal that got a from-scratch model off the Yes/No prior. A training-only linear probe "
          "(discarded) predicts each cell's colour classes from the vision tokens, read from the pixels by the "
-         "verifier's reader; digit-answer where-questions (`--where-loss`) exist but are off by default.", "",
+         "verifier's reader; digit-answer where-questions (`--where-loss`) exist but are off by default."
+         + (f" A share {tr['blend_share']:g} of the videos are blends (`teacher_data.blend_example`): a failing "
+            "video moved a random fraction of the way to its ground truth, labelled by the verifier of the blend."
+            if tr.get("blend_share") else "")
+         + (f" Gradient alignment (`grid_teacher.align_loss`, weight {tr['align_loss']:g}): on failing videos, "
+            "1 - cosine of the input gradient of the test-time loss with the direction to the ground truth, "
+            "trained by double backpropagation." if tr.get("align_loss") else "")
+         + (f" Test-time-loop videos: {tr['tto_train_videos']} runs of the loop against the previous teacher "
+            f"at lr {tr['tto_lr']:g}, labelled by the verifier." if tr.get("tto_train_videos") else ""), "",
          "## The questions it writes and answers", ""]
     for fam, kinds in PROCESS_TYPES.items():
         L.append(f"- {fam}: goal \"{goal_question(fam, '<colour>')}\"; process " +
