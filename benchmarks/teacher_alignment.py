@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", type=int, default=16, help="grid:test tasks, maze and push interleaved (default %(default)s)")
     p.add_argument("--lr", type=float, default=None,
                    help="the loop's learning rate (default: the reasoner folder's tto.json, else TTOConfig's)")
+    p.add_argument("--fixed-steps", type=int, default=None,
+                   help="run the loop for exactly this many updates, no early stop (default: the early stop at tau)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="teacher_alignment", help="results/<out>.md and .json (a path: written there)")
@@ -210,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     from vlm_teacher.teacher import load_teacher
 
     reasoner, teacher = load_reasoner(a.reasoner), load_teacher(a.teacher)
-    cfg = tto_config({"lr": a.lr} if a.lr is not None else None, a.reasoner)
+    changes = {k: v for k, v in (("lr", a.lr), ("fixed_steps", a.fixed_steps)) if v is not None}
+    cfg = tto_config(changes or None, a.reasoner)
     rows = []
     for task in interleaved_test_tasks(a.tasks):
         row = {"task": task.id, "frozen_pass": frozen_pass(reasoner, task, a.seed)}
