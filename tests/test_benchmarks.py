@@ -59,6 +59,22 @@ def test_grid_diagnostics_script_writes_its_four_tables(tmp_path):
     assert len(data["sampler"]) == 1 and len(data["fit"]) == 4
 
 
+@pytest.mark.slow  # ~30 s: two test-time runs of up to 40 steps
+def test_teacher_alignment_script_counts_against_the_verifier(tmp_path):
+    out = tmp_path / "ta"
+    _run("teacher_alignment.py", "--tasks", "2", "--lr", "2e-3", "--out", str(out))
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [r["task"] for r in data["rows"]] == ["maze-test-00000", "push-test-00000"]
+    s = data["summary"]
+    for r in data["rows"]:
+        assert -1.0 <= r["cosine"] <= 1.0 and len(r["line"]) == 11
+        assert r["hacked"] == (r["early_stop"] and not r["final_passed"])
+        assert all(r["false_yes"].get(k, 0) <= n for k, n in r["verifier_no"].items())
+        assert r["previews"] == r["updates"] + 1  # every update's preview is scored, and so is the last
+    assert s["reward_hacking"] == sum(r["hacked"] for r in data["rows"]) and s["early_stops"] <= 2
+    assert "false-Yes rate on loop previews" in out.with_suffix(".md").read_text()
+
+
 def test_extra_agent_places_reads_where_a_second_agent_stands():
     """A ground-truth video has no frame with two agents; a copy of the agent square painted on an
     off-path floor cell, or left behind on the previous cell, is named as such."""

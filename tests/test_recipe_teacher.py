@@ -155,6 +155,84 @@ def test_recipe_is_seeded(tmp_path):
     assert any(not np.array_equal(a[k], c[k]) for k in a if k in c)
 
 
+def test_blends_are_labelled_by_the_verifier_of_the_blend():
+    """``blend_example``: a failing video moved part of the way to its ground truth, first frame and
+    shape kept, answers read by the verifier from the blend itself; the ground truth comes back as it is."""
+    from vlm_teacher.recipes.teacher_data import blend_example, labelled
+
+    task = grid_tasks("train", 1)[0]
+    rng = np.random.default_rng(0)
+    failing = labelled(task, corrupt(task, task.video(), "vanish", rng), "corrupt:vanish")
+    assert not all(failing.labels.values())
+    seen = set()
+    for _ in range(12):
+        ex = blend_example(failing, rng)
+        assert ex.source == "blend" and ex.video.shape == failing.video.shape and ex.video.dtype == np.uint8
+        assert ex.labels == answers(task, verify(task, ex.video))
+        assert all(ex.soft[k] == 1.0 if yes else 0.0 <= ex.soft[k] < 0.5 for k, yes in ex.labels.items())
+        assert np.abs(ex.video.astype(int) - task.video()).sum() <= np.abs(failing.video.astype(int) - task.video()).sum()
+        seen.add(tuple(ex.labels.values()))
+    assert len(seen) == 2  # near the failing end it fails, near the truth it passes
+    truth = labelled(task, task.video(), "gt")
+    assert blend_example(truth, rng) is truth
+
+
+def test_alignment_loss_reads_the_direction_to_the_truth():
+    """``align_loss`` is 1 - cosine of the input gradient of the loop's loss with (video - truth):
+    it lies in [0, 2], it has a gradient in the teacher's weights (double backprop), and it applies
+    only to failing videos of the truth's shape."""
+    import torch
+
+    from vlm_teacher.recipes.grid_teacher import align_loss, align_target
+    from vlm_teacher.recipes.teacher_data import labelled
+    from vlm_teacher.teacher.qwen import QwenVLTeacher
+
+    teacher = QwenVLTeacher.from_pretrained(TEACHER_DIR, attn_implementation="eager")
+    teacher.model.requires_grad_(True)
+    task = grid_tasks("train", 1)[0]
+    failing = labelled(task, corrupt(task, task.video(), "vanish", np.random.default_rng(0)), "corrupt:vanish")
+    truth = align_target(failing)
+    assert truth is not None and np.array_equal(truth, task.video())
+    assert align_target(labelled(task, task.video(), "gt")) is None
+    loss = align_loss(teacher, failing, truth)
+    assert 0.0 <= float(loss.detach()) <= 2.0
+    loss.backward()
+    grads = [p.grad for p in teacher.model.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    assert torch.isfinite(torch.stack([g.abs().sum() for g in grads])).all()
+
+
+def test_recipe_trains_on_blends_with_the_alignment_loss(tmp_path):
+    assert _train(tmp_path / "q", "--no-reasoner", "--steps", "3", "--no-eval", "--blend-share", "1",
+                  "--align-loss", "0.5", "--align-batch", "1") == 0
+    log = [json.loads(x) for x in (tmp_path / "q" / "train_log.jsonl").read_text().splitlines()]
+    assert all(set(r["sources"]) <= {"blend", "gt", "counterfactual", "degraded"} | {
+        s for s in r["sources"] if s.startswith("corrupt:")} for r in log)
+    assert any("blend" in r["sources"] for r in log)
+    assert all(r["align_videos"] <= 1 and (r["align_videos"] == 0 or 0 <= r["align_loss"] <= 2) for r in log)
+    assert any(r["align_videos"] == 1 for r in log)
+    assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--blend-share", "1.5"]) == 2
+    assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--align-loss", "-1"]) == 2
+
+
+@shipped
+def test_card_quotes_the_alignment_figures(tmp_path):
+    """``benchmarks/teacher_alignment.py --card`` puts its summary in eval.json; the card renders it."""
+    from vlm_teacher.recipes.teacher_eval import write_model_card
+
+    figures = json.loads((TEACHER_DIR / "eval.json").read_text())
+    figures["alignment"] = {"command": "python benchmarks/teacher_alignment.py --tasks 2", "reasoner": "R", "lr": 2e-3,
+                            "tasks": 2, "false_yes_rate": {"goal": 0.25}, "false_yes": {"goal": "1/4"},
+                            "cosine_mean": 0.4321, "cosine_positive": 2, "line_monotone": 1,
+                            "line_mean": [1.0, 0.5], "early_stops": 3, "early_stops_failing": 1, "tto_pass": 1,
+                            "frozen_pass": 0}
+    card = write_model_card(tmp_path, figures, "unused").read_text()
+    assert "python benchmarks/teacher_alignment.py --tasks 2" in card and "+0.432" in card
+    assert "goal 25.0% (1/4)" in card and "1 of 3 early stops" in card
+    del figures["alignment"]
+    assert "loop's own previews" not in write_model_card(tmp_path, figures, "unused").read_text()
+
+
 def test_recipe_resumes_to_the_same_weights(tmp_path):
     assert _train(tmp_path / "full", "--no-reasoner", "--steps", "4", "--no-eval") == 0
     assert _train(tmp_path / "cut", "--no-reasoner", "--steps", "4", "--no-eval", "--stop-at", "2") == 0
@@ -263,3 +341,23 @@ def test_calibration_and_hacking_figures_by_hand():
     # every question, the second did not.
     assert h == {"question_rate": pytest.approx(2 / 3, abs=1e-3), "questions_no": 3,
                  "video_rate": 0.5, "videos_failing": 2}
+
+
+def test_a_budget_with_no_training_time_is_refused_before_anything_is_written(tmp_path, capsys):
+    """`train teacher --minutes 1` used to train 0 steps, exit 0 and write a model folder."""
+    out = tmp_path / "short"
+    assert main(["train", "teacher", "--out", str(out), "--no-reasoner", "--minutes", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "leaves no training time" in err and "Traceback" not in err
+    assert not out.exists() and not Path(str(out) + ".work").exists()
+
+
+def test_a_second_trainer_on_the_same_work_folder_is_refused(tmp_path, capsys):
+    from vlm_teacher.recipes.scaffold import WorkLock
+
+    out = tmp_path / "busy"
+    with WorkLock(Path(str(out) + ".work"), "test holder"):
+        assert _train(out, "--no-reasoner", "--steps", "1", "--no-eval") != 0
+    assert "in use by another" in capsys.readouterr().err
+    assert not out.exists()
+    assert _train(out, "--no-reasoner", "--steps", "1", "--no-eval") == 0

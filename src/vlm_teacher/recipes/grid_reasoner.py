@@ -68,7 +68,7 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ from ..errors import UserError
 from ..files import atomic_folder, write_json, write_text
 from ..optimize import MODEL_TTO_FILE
 from ..runtime import machine_line
-from .scaffold import JsonlLog, StepPlan, WorkLock, command_record, save_safetensors, warmup_cosine
+from .scaffold import JsonlLog, StepPlan, WorkLock, command_record, pick, save_safetensors, warmup_cosine
 
 STAGES = ("vae", "decoder", "latents", "transformer", "done")
 METRICS_NAME = "metrics.json"  # the figures the card is generated from, beside the weights
@@ -276,12 +276,6 @@ class TransformerSettings:
     object_weight: float
     sigma_one: float
     budget_s: float
-
-
-def _pick(cls, args, prefix: str = "", **given):
-    """``cls`` filled from the options ``prefix + field`` (called by ``_run`` only); ``given`` fields as passed."""
-    return cls(**given, **{f.name: getattr(args, prefix + f.name) for f in fields(cls)
-                           if f.name not in given})
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -956,10 +950,10 @@ def _run(args) -> int:
     t_start = time.time()
     device = torch.device(args.device)
     origin = start_folder(init_from=args.init_from, vae_from=args.vae_from)
-    shape, loop = _pick(ModelShape, args), _pick(LoopSettings, args)
-    vae = _pick(VaeSettings, args, "vae_", budget_s=args.minutes * 60 * args.vae_share)
-    decoder = _pick(DecoderSettings, args, "decoder_", budget_s=args.decoder_minutes * 60)
-    dit = _pick(TransformerSettings, args, "dit_",
+    shape, loop = pick(ModelShape, args), pick(LoopSettings, args)
+    vae = pick(VaeSettings, args, "vae_", budget_s=args.minutes * 60 * args.vae_share)
+    decoder = pick(DecoderSettings, args, "decoder_", budget_s=args.decoder_minutes * 60)
+    dit = pick(TransformerSettings, args, "dit_",
                 budget_s=args.minutes * 60 * (1 - vae_share(origin, args.vae_share)))
     ckpt = Checkpoint(args.out)
     _resume_state(args.out, ckpt, _config(args), resume=args.resume)  # refuse a bad --resume before loading

@@ -33,6 +33,7 @@ import functools
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_folder, write_json
-from .scaffold import JsonlLog, command_record, save_safetensors, warmup_cosine
+from .scaffold import JsonlLog, WorkLock, command_record, pick, save_safetensors, warmup_cosine
+from .teacher_eval import EvalSettings
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "preprocessor_config.json")
@@ -105,6 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the auxiliary per-cell perception loss (0 = off; default 0.5)")
     g.add_argument("--reasoner-share", type=float, default=0.5,
                    help="share of videos drawn from the reasoner's outputs when there are any (default 0.5)")
+    g.add_argument("--blend-share", type=float, default=0.0,
+                   help="share of videos that are a failing example moved a random fraction of the way to its "
+                        "ground truth (pixel blend), labelled by the verifier of the blend: the line the "
+                        "teacher's loss should fall along (default 0 = none)")
     g.add_argument("--weight-scan", type=int, default=400,
                    help="examples drawn up front to balance Yes/No per question type (default 400)")
     g.add_argument("--reasoner-jobs", type=int, default=160, help="train-split (task, seed) reasoner runs (default 160)")
@@ -129,6 +135,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "rewrite its eval.json (keeping the training record) and MODEL_CARD.md")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--align-loss", type=float, default=0.0,
+                   help="weight of the gradient-alignment loss: 1 - cosine of the input gradient of the "
+                        "teacher's test-time loss with the direction to the asked task's ground truth, on "
+                        "failing videos (double backprop; default 0 = off)")
+    g.add_argument("--align-batch", type=int, default=2, help="failing videos per step given the alignment loss")
+    g.add_argument("--align-pool", type=int, default=1,
+                   help="compare the two directions averaged over this many pixels square (default 1 = per pixel)")
     g.add_argument("--warmup", type=int, default=20)
     g.add_argument("--ckpt-every", type=int, default=100)
     g = p.add_argument_group("model size (a Qwen3-VL built from config)")
@@ -144,34 +157,114 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vision-intermediate", type=int, default=128)
 
 
-def _check(args) -> None:
-    for name in ("minutes", "batch", "train_tasks", "vocab", "hidden", "layers", "lr"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.steps is not None and args.steps <= 0:
-        raise UserError(f"--steps must be positive, got {args.steps}")
-    if args.tto_jobs and not args.eval_only:
-        if args.init_from is None:
+# ---------------------------------------------------------------- settings (what each stage reads)
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The random initial model (``build_initial``): the size options of the same names."""
+    seed: int
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vision_depth: int
+    vision_hidden: int
+    vision_heads: int
+    vision_intermediate: int
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Where the run reads and writes (``_prepare_work``, ``_initial_model``, ``_reasoner_dir``)."""
+    out: Path
+    work: Path | None
+    reasoner: Path | None
+    no_reasoner: bool
+    init_from: Path | None
+    resume: bool
+    eval_only: bool
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The example stream (``Stream``) and its class-weight scan."""
+    seed: int
+    train_tasks: int
+    batch: int
+    query_batch: int
+    query_every: int
+    reasoner_share: float
+    weight_scan: int
+    blend_share: float = 0.0
+
+
+@dataclass(frozen=True)
+class VideoJobs:
+    """The reasoner and test-time-loop videos (``_reasoner_videos``); minutes already defaulted."""
+    seed: int
+    eval_reasoner: int
+    reasoner_jobs: int
+    reasoner_minutes: float
+    tto_jobs: int
+    tto_lr: float
+    tto_minutes: float
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The training loop (``_train``, ``_train_step``, ``_load_for_training``)."""
+    seed: int
+    steps: int | None
+    stop_at: int | None
+    lr: float
+    warmup: int
+    ckpt_every: int
+    goal_contrast: bool
+    where_loss: float
+    cell_loss: float
+    align_loss: float = 0.0
+    align_batch: int = 2
+    align_pool: int = 1
+
+
+def _check(minutes: float, size: ModelSize, data: DataSettings, train: TrainSettings, folders: Folders,
+           videos: VideoJobs) -> None:
+    for flag, value in (("minutes", minutes), ("batch", data.batch), ("train-tasks", data.train_tasks),
+                        ("vocab", size.vocab), ("hidden", size.hidden), ("layers", size.layers), ("lr", train.lr)):
+        if value <= 0:
+            raise UserError(f"--{flag} must be positive, got {value}")
+    if train.steps is not None and train.steps <= 0:
+        raise UserError(f"--steps must be positive, got {train.steps}")
+    if videos.tto_jobs and not folders.eval_only:
+        if folders.init_from is None:
             raise UserError("--tto-jobs runs the test-time loop against a trained teacher: give it with --init-from")
-        if args.no_reasoner:
+        if folders.no_reasoner:
             raise UserError("--tto-jobs runs the test-time loop on a reasoner: drop --no-reasoner")
-    if args.tto_jobs < 0:
-        raise UserError(f"--tto-jobs must be >= 0, got {args.tto_jobs}")
-    if not 0.0 <= args.reasoner_share <= 1.0:
-        raise UserError(f"--reasoner-share must be in [0, 1], got {args.reasoner_share}")
-    if args.hidden % args.heads or args.heads % args.kv_heads:
+    if videos.tto_jobs < 0:
+        raise UserError(f"--tto-jobs must be >= 0, got {videos.tto_jobs}")
+    if not 0.0 <= data.reasoner_share <= 1.0:
+        raise UserError(f"--reasoner-share must be in [0, 1], got {data.reasoner_share}")
+    if not 0.0 <= data.blend_share <= 1.0:
+        raise UserError(f"--blend-share must be in [0, 1], got {data.blend_share}")
+    if train.align_loss < 0 or train.align_batch < 1 or train.align_pool < 1:
+        raise UserError(f"--align-loss must be >= 0, --align-batch and --align-pool >= 1, got {train.align_loss}, "
+                        f"{train.align_batch} and {train.align_pool}")
+    if size.hidden % size.heads or size.heads % size.kv_heads:
         raise UserError("--hidden must divide by --heads, and --heads by --kv-heads")
-    if args.vision_hidden % args.vision_heads:
+    if size.vision_hidden % size.vision_heads:
         raise UserError("--vision-hidden must divide by --vision-heads")
 
 
-def _reasoner_dir(args) -> Path | None:
-    if args.no_reasoner:
+def _reasoner_dir(folders: Folders) -> Path | None:
+    if folders.no_reasoner:
         return None
-    if args.reasoner is not None:
-        if not (args.reasoner / "model_index.json").is_file():
-            raise UserError(f"--reasoner {args.reasoner} is not a diffusers Wan pipeline folder (no model_index.json)")
-        return args.reasoner
+    if folders.reasoner is not None:
+        if not (folders.reasoner / "model_index.json").is_file():
+            raise UserError(f"--reasoner {folders.reasoner} is not a diffusers Wan pipeline folder "
+                            "(no model_index.json)")
+        return folders.reasoner
     from ..embedded import REASONER_DIR
 
     return REASONER_DIR if (REASONER_DIR / "model_index.json").is_file() else None
@@ -205,15 +298,15 @@ def _deepstack(vision_depth: int, text_layers: int) -> tuple[int, ...]:
     return tuple(picks[-max(1, min(len(picks), text_layers)):])
 
 
-def build_initial(folder: Path, args) -> Path:
+def build_initial(folder: Path, size: ModelSize) -> Path:
     from ..testing.tiny_qwen import build_tiny_qwen_vl
 
     return build_tiny_qwen_vl(
-        folder, arch="qwen3_vl", seed=args.seed, vocab_size=args.vocab, hidden_size=args.hidden,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        intermediate_size=args.intermediate, vision_depth=args.vision_depth, vision_hidden_size=args.vision_hidden,
-        vision_num_heads=args.vision_heads, vision_intermediate_size=args.vision_intermediate,
-        num_position_embeddings=64, deepstack_visual_indexes=_deepstack(args.vision_depth, args.layers),
+        folder, arch="qwen3_vl", seed=size.seed, vocab_size=size.vocab, hidden_size=size.hidden,
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
+        intermediate_size=size.intermediate, vision_depth=size.vision_depth, vision_hidden_size=size.vision_hidden,
+        vision_num_heads=size.vision_heads, vision_intermediate_size=size.vision_intermediate,
+        num_position_embeddings=64, deepstack_visual_indexes=_deepstack(size.vision_depth, size.layers),
         max_pixels=128 * 128, tokenizer_corpus=tokenizer_corpus())
 
 
@@ -340,7 +433,13 @@ def answer_loss(teacher, example, weights: dict[tuple[str, bool], float], yes_no
     target = torch.tensor([yes_no[0] if y else yes_no[1] for y in answers] + [t for _, t in extra])
     w = torch.tensor([weights.get((k, example.labels[k]), 1.0) for k in kinds]
                      + [weights.get(("goal", y), 1.0) for _, y in contrast] + [extra_weight] * len(extra))
-    terms = torch.nn.functional.cross_entropy(logits, target, reduction="none") * w
+    terms = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    if example.soft:  # P(Yes) targets on the example's own questions (blends): cross-entropy on {Yes, No}
+        logp = torch.log_softmax(logits[:len(kinds)], dim=-1)
+        p = torch.tensor([example.soft[k] for k in kinds])
+        soft = -(p * logp[:, yes_no[0]] + (1 - p) * logp[:, yes_no[1]])
+        terms = torch.cat([soft, terms[len(kinds):]])
+    terms = terms * w
     n = len(answers)
     return terms[:n].sum(), terms[n:].sum()
 
@@ -376,6 +475,37 @@ def class_weights(examples) -> dict[tuple[str, bool], float]:
         total = n + counts.get((k, not v), 0)
         out[(k, v)] = float(min(4.0, max(0.25, 0.5 * total / n)))
     return out
+
+
+def align_target(example) -> np.ndarray | None:
+    """The ground truth of the example's asked task when the gradient-alignment loss applies to the
+    example: a video the verifier fails (some answer No) of the ground truth's shape."""
+    if all(example.labels.values()):
+        return None
+    truth = example.task.video()
+    return truth if truth.shape == example.video.shape and not np.array_equal(truth, example.video) else None
+
+
+def align_loss(teacher, example, truth: np.ndarray, lam: float = 0.5, pool: int = 1) -> torch.Tensor:
+    """1 - cosine of the input gradient of the test-time loss (lambda-weighted -log P(Yes) of the
+    suite's questions, ``objective.weighted_loss``) with ``video - truth``, frames after the first
+    (the reasoner pins that one): small when a descent step on the teacher's loss moves the pixels
+    toward the legal video, as the MSE to it would. Differentiable in the teacher's weights (double
+    backprop: the teacher must be loaded with eager attention). ``pool``: both compared after averaging
+    over pool x pool pixel blocks (the coarse direction a reasoner's LoRA can follow; 1 = per pixel)."""
+    from ..objective import weighted_loss
+    from ..suites.grid.questions import grid_queries
+    from ..video import to_float
+
+    x = to_float(example.video).requires_grad_(True)
+    loss = weighted_loss(teacher.yes_logprob(x, grid_queries(example.task).all), lam)
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+    direction = x.detach() - to_float(truth)
+    grad, direction = grad[1:], direction[1:]
+    if pool > 1:
+        grad, direction = (torch.nn.functional.avg_pool2d(t, pool) for t in (grad, direction))
+    cos = torch.nn.functional.cosine_similarity(grad.reshape(-1), direction.reshape(-1), dim=0)
+    return 1.0 - cos
 
 
 # ---------------------------------------------------------------- auxiliary perception loss
@@ -484,16 +614,23 @@ class CellProbe(torch.nn.Module):
 class Stream:
     """The training examples of step ``s``: a pure function of (seed, s)."""
 
-    def __init__(self, tasks, reasoner_examples, args) -> None:
+    def __init__(self, tasks, reasoner_examples, data: DataSettings) -> None:
         from .teacher_data import goal_variants
 
         self.tasks = tasks
         self.reasoner_examples = reasoner_examples
         self.query_tasks = [v for t in tasks for v in goal_variants(t)]
-        self.args = args
-        self.share = args.reasoner_share if reasoner_examples else 0.0
+        self.data = data
+        self.share = data.reasoner_share if reasoner_examples else 0.0
 
     def draw(self, rng: np.random.Generator):
+        from .teacher_data import blend_example
+
+        if self.data.blend_share and rng.random() < self.data.blend_share:
+            return blend_example(self._draw(rng), rng)
+        return self._draw(rng)
+
+    def _draw(self, rng: np.random.Generator):
         from .teacher_data import render_example
 
         if self.share and rng.random() < self.share:
@@ -501,26 +638,28 @@ class Stream:
         return render_example(self.tasks[int(rng.integers(len(self.tasks)))], rng)
 
     def step(self, step: int):
-        rng = np.random.default_rng([self.args.seed, 1, step])
-        videos = [self.draw(rng) for _ in range(self.args.batch)]
-        n_q = self.args.query_batch if step % max(1, self.args.query_every) == 0 else 0
+        rng = np.random.default_rng([self.data.seed, 1, step])
+        videos = [self.draw(rng) for _ in range(self.data.batch)]
+        n_q = self.data.query_batch if step % max(1, self.data.query_every) == 0 else 0
         queries = [self.query_tasks[int(rng.integers(len(self.query_tasks)))] for _ in range(n_q)]
         return videos, queries
 
 
-def _eval_only(out: Path, eval_samples, reasoner_dir, args) -> int:
+def _eval_only(out: Path, eval_samples, reasoner_dir, ev: EvalSettings, command: str, fallback_command: str) -> int:
     from . import teacher_eval
 
     old = json.loads((out / EVAL_NAME).read_text()) if (out / EVAL_NAME).is_file() else {}
-    figures = teacher_eval.evaluate(out, eval_samples, args)
+    figures = teacher_eval.evaluate(out, eval_samples, ev)
     figures["training"] = dict(old.get("training") or {"steps": None, "train_seconds": None, "wall_seconds": None,
                                                         "reasoner_train_videos": 0, "reasoner": None,
                                                         "weights_mb": None})
     figures["training"]["reasoner_eval_videos"] = len(eval_samples)
     figures["training"]["eval_reasoner"] = str(reasoner_dir) if reasoner_dir else None
-    figures["training"]["eval_command"] = _command(args) + " --eval-only"
+    figures["training"]["eval_command"] = command + " --eval-only"
+    if old.get("alignment"):  # the same weights: their figures on the loop's previews still hold
+        figures["alignment"] = old["alignment"]
     write_json(out / EVAL_NAME, figures)
-    teacher_eval.write_model_card(out, figures, args)
+    teacher_eval.write_model_card(out, figures, fallback_command)
     print(f"evaluated {out}; figures in {out / EVAL_NAME}")
     return 0
 
@@ -530,14 +669,19 @@ def _command(args) -> str:
                           leave_out=("resume", "stop_at", "eval_only", "work"))
 
 
-def _prepare_work(args) -> tuple[Path, bool]:
+def _work_folder(folders: Folders) -> Path:
+    """--work, else ``<out>.work`` beside the model folder."""
+    return folders.work or folders.out.with_name(folders.out.name + ".work")
+
+
+def _prepare_work(folders: Folders) -> tuple[Path, bool]:
     """The work folder, and whether the run resumes there; a fresh run clears the old one's files."""
-    work: Path = args.work or args.out.with_name(args.out.name + ".work")
+    work = _work_folder(folders)
     work.mkdir(parents=True, exist_ok=True)
-    resuming = args.resume and (work / "state.json").is_file() and (work / "ckpt" / "config.json").is_file()
-    if args.resume and not resuming:
+    resuming = folders.resume and (work / "state.json").is_file() and (work / "ckpt" / "config.json").is_file()
+    if folders.resume and not resuming:
         print(f"no checkpoint in {work}; starting from scratch")
-    if not resuming and not args.eval_only:
+    if not resuming and not folders.eval_only:
         for name in ("ckpt", "init", "state.json", "optimizer.safetensors", "probe.safetensors", LOG_NAME):
             path = work / name
             if path.is_dir():
@@ -547,25 +691,26 @@ def _prepare_work(args) -> tuple[Path, bool]:
     return work, resuming
 
 
-def _initial_model(args, work: Path) -> Path:
+def _initial_model(folders: Folders, size: ModelSize, work: Path) -> Path:
     """The initial (random, or --init-from) model: its tokenizer and preprocessor files are kept for every save."""
     init = work / "init"
-    if args.eval_only:
-        if not (args.out / "config.json").is_file():
-            raise UserError(f"--eval-only needs a trained teacher at --out {args.out}")
+    if folders.eval_only:
+        if not (folders.out / "config.json").is_file():
+            raise UserError(f"--eval-only needs a trained teacher at --out {folders.out}")
     elif not (init / "config.json").is_file():
-        if args.init_from is not None:
-            if not (args.init_from / "config.json").is_file():
-                raise UserError(f"--init-from {args.init_from} is not a transformers model folder (no config.json)")
-            shutil.copytree(args.init_from, init, ignore=shutil.ignore_patterns("*.work", LOG_NAME, EVAL_NAME, "*.md"))
+        if folders.init_from is not None:
+            if not (folders.init_from / "config.json").is_file():
+                raise UserError(f"--init-from {folders.init_from} is not a transformers model folder "
+                                "(no config.json)")
+            shutil.copytree(folders.init_from, init,
+                            ignore=shutil.ignore_patterns("*.work", LOG_NAME, EVAL_NAME, "*.md"))
         else:
-            build_initial(init, args)
+            build_initial(init, size)
     return init
 
 
-def _reasoner_videos(reasoner_dir: Path | None, work: Path, init: Path, t0: float, *, seed: int, eval_reasoner: int,
-                     reasoner_jobs: int, reasoner_minutes: float, eval_only: bool, tto_jobs: int, tto_lr: float,
-                     tto_minutes: float):
+def _reasoner_videos(reasoner_dir: Path | None, work: Path, init: Path, t0: float, jobs: VideoJobs, *,
+                     eval_only: bool):
     """(evaluation, training, test-time-loop) videos of the reasoner, each cached under its weights' id."""
     from ..identity import model_id
     from ..suites.grid import grid_tasks
@@ -577,34 +722,39 @@ def _reasoner_videos(reasoner_dir: Path | None, work: Path, init: Path, t0: floa
     from ..reasoner import load_reasoner
 
     # (task, seed) jobs for the reasoner: evaluation first (test and ood), then training
-    eval_jobs = [(t, s) for split in ("test", "ood") for t in grid_tasks(split, eval_reasoner)
+    eval_jobs = [(t, s) for split in ("test", "ood") for t in grid_tasks(split, jobs.eval_reasoner)
                  for s in (1001, 1002)]
-    train_jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (reasoner_jobs + 1) // 2, seed=7),
-                                              np.random.default_rng([seed, 2]).integers(0, 10**6, size=reasoner_jobs))]
+    train_jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (jobs.reasoner_jobs + 1) // 2, seed=7),
+                                              np.random.default_rng([jobs.seed, 2]).integers(
+                                                  0, 10**6, size=jobs.reasoner_jobs))]
     reasoner = load_reasoner(reasoner_dir)
     # keyed by the weights, not the folder name: a retrained reasoner in the same folder makes new videos
     cache = work / f"reasoner-{model_id(reasoner_dir)}"
     make = functools.partial(run_reasoner, reasoner)
-    eval_samples = reasoner_samples(make, eval_jobs, cache, deadline=t0 + reasoner_minutes * 60 * 0.4,
+    eval_samples = reasoner_samples(make, eval_jobs, cache, deadline=t0 + jobs.reasoner_minutes * 60 * 0.4,
                                     desc="reasoner videos (eval)")
-    train_samples = reasoner_samples(make, train_jobs, cache, deadline=t0 + reasoner_minutes * 60,
+    train_samples = reasoner_samples(make, train_jobs, cache, deadline=t0 + jobs.reasoner_minutes * 60,
                                      desc="reasoner videos (train)") if not eval_only else []
     tto_samples = []
-    if tto_jobs and not eval_only:
-        jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (tto_jobs + 1) // 2, seed=11),
-                                            np.random.default_rng([seed, 5]).integers(0, 10**6, size=tto_jobs))]
+    if jobs.tto_jobs and not eval_only:
+        tto_jobs = [(t, int(s)) for t, s in zip(grid_tasks("train", (jobs.tto_jobs + 1) // 2, seed=11),
+                                                np.random.default_rng([jobs.seed, 5]).integers(
+                                                    0, 10**6, size=jobs.tto_jobs))]
         attacked = QwenVLTeacher.from_pretrained(init)
-        tto_samples = reasoner_samples(tto_maker(reasoner, attacked, tto_lr), jobs,
-                                       work / f"tto-{model_id(reasoner_dir)}-vs-{model_id(init)}-lr{tto_lr:g}",
-                                       deadline=time.monotonic() + tto_minutes * 60, desc="test-time-loop videos")
+        tto_samples = reasoner_samples(tto_maker(reasoner, attacked, jobs.tto_lr), tto_jobs,
+                                       work / f"tto-{model_id(reasoner_dir)}-vs-{model_id(init)}-lr{jobs.tto_lr:g}",
+                                       deadline=time.monotonic() + jobs.tto_minutes * 60,
+                                       desc="test-time-loop videos")
     return eval_samples, train_samples, tto_samples
 
 
-def _load_for_training(folder: Path, work: Path, resuming: bool, *, cell_loss: float, lr: float, seed: int):
-    """(teacher in training mode, cell probe or None, parameters, AdamW, run state), resumed when asked."""
+def _load_for_training(folder: Path, work: Path, resuming: bool, *, cell_loss: float, lr: float, seed: int,
+                       double_backprop: bool = False):
+    """(teacher in training mode, cell probe or None, parameters, AdamW, run state), resumed when asked.
+    ``double_backprop``: eager attention (torch's CPU flash attention has no second derivative)."""
     from ..teacher.qwen import QwenVLTeacher
 
-    teacher = QwenVLTeacher.from_pretrained(folder)
+    teacher = QwenVLTeacher.from_pretrained(folder, attn_implementation="eager" if double_backprop else None)
     teacher.model.requires_grad_(True)
     teacher.model.train()
     probe = CellProbe(teacher) if cell_loss > 0 else None
@@ -619,8 +769,9 @@ def _load_for_training(folder: Path, work: Path, resuming: bool, *, cell_loss: f
 
 
 def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr: float, weights, yes_no, digits, *,
-                seed: int, contrast_goals: bool, where_loss: float, cell_loss: float) -> dict[str, Any]:
-    """One optimiser step on the answer, where, cell and query losses; returns its log record."""
+                seed: int, contrast_goals: bool, where_loss: float, cell_loss: float, align_weight: float = 0.0,
+                align_batch: int = 2, align_pool: int = 1) -> dict[str, Any]:
+    """One optimiser step on the answer, where, cell, alignment and query losses; returns its log record."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     videos, qtasks = stream.step(step)
@@ -641,6 +792,14 @@ def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr
             c_loss += float(cell.detach())
             loss = loss + cell_loss * cell
         loss.backward()
+    al_loss, n_align = 0.0, 0
+    if align_weight > 0:
+        pairs = [(ex, t) for ex in videos if (t := align_target(ex)) is not None][:align_batch]
+        for ex, truth in pairs:
+            loss = align_loss(teacher, ex, truth, pool=align_pool) / len(pairs)
+            (align_weight * loss).backward()
+            al_loss += float(loss.detach())
+        n_align = len(pairs)
     q_loss = 0.0
     for qt in qtasks:
         loss, n = query_loss(teacher, qt)  # (no vision pass of a video: the probe is not used)
@@ -649,12 +808,15 @@ def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr
         q_loss += float(loss.detach())
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
     optimizer.step()
-    return {"lr": lr, "answer_loss": a_loss, "where_loss": w_loss, "cell_loss": c_loss, "query_loss": q_loss,
-            "grad_norm": grad_norm, "sources": [v.source for v in videos]}
+    record = {"lr": lr, "answer_loss": a_loss, "where_loss": w_loss, "cell_loss": c_loss, "query_loss": q_loss,
+              "grad_norm": grad_norm, "sources": [v.source for v in videos]}
+    if align_weight > 0:
+        record |= {"align_loss": al_loss, "align_videos": n_align}
+    return record
 
 
-def _train(args, teacher, probe, params, optimizer, state, stream: Stream, weights, work: Path, init: Path,
-           log: JsonlLog, train_deadline: float, resuming: bool) -> int:
+def _train(train: TrainSettings, teacher, probe, params, optimizer, state, stream: Stream, weights, work: Path,
+           init: Path, log: JsonlLog, train_deadline: float, resuming: bool) -> int:
     """The training loop up to --steps, the time budget or --stop-at; checkpoints on the way. Returns the step."""
     from tqdm.auto import tqdm
 
@@ -665,19 +827,21 @@ def _train(args, teacher, probe, params, optimizer, state, stream: Stream, weigh
     if "train_budget" not in state or not resuming:
         state["train_budget"] = max(1.0, train_deadline - time.monotonic())
     step = int(state["step"])
-    total = args.steps
+    total = train.steps
     bar = tqdm(total=total, initial=step, desc="train teacher", unit="step")
     while total is None or step < total:
         if time.monotonic() > train_deadline:
             print(f"time budget reached at step {step}")
             break
-        if args.stop_at is not None and step >= args.stop_at:
+        if train.stop_at is not None and step >= train.stop_at:
             break
         ts = time.monotonic()
         progress = step / total if total else float(state["train_seconds"]) / state["train_budget"]
-        record = _train_step(teacher, probe, params, optimizer, stream, step, lr_at(step, progress, args.lr, args.warmup),
-                             weights, yes_no, digits, seed=args.seed, contrast_goals=args.goal_contrast,
-                             where_loss=args.where_loss, cell_loss=args.cell_loss)
+        record = _train_step(teacher, probe, params, optimizer, stream, step,
+                             lr_at(step, progress, train.lr, train.warmup), weights, yes_no, digits, seed=train.seed,
+                             contrast_goals=train.goal_contrast, where_loss=train.where_loss,
+                             cell_loss=train.cell_loss, align_weight=train.align_loss, align_batch=train.align_batch,
+                             align_pool=train.align_pool)
         step += 1
         seconds = time.monotonic() - ts
         state["train_seconds"] = float(state["train_seconds"]) + seconds
@@ -686,7 +850,7 @@ def _train(args, teacher, probe, params, optimizer, state, stream: Stream, weigh
         bar.update(1)
         bar.set_postfix(answer=f"{record['answer_loss']:.3f}", where=f"{record['where_loss']:.3f}",
                         cell=f"{record['cell_loss']:.3f}", query=f"{record['query_loss']:.3f}")
-        if step % args.ckpt_every == 0:
+        if step % train.ckpt_every == 0:
             state["step"] = step
             save_checkpoint(work, teacher, optimizer, init, state, probe)
     bar.close()
@@ -695,75 +859,115 @@ def _train(args, teacher, probe, params, optimizer, state, stream: Stream, weigh
     return step
 
 
-def _ship(args, out: Path, log: JsonlLog, state, samples, weights, reasoner_dir: Path | None, t0: float) -> int:
-    """The evaluation figures and the model card of the written folder."""
+def _ship(out: Path, state, samples, weights, reasoner_dir: Path | None, t0: float, ev: EvalSettings,
+          record: dict[str, Any], fallback_command: str) -> int:
+    """The evaluation figures and the model card of the written folder; ``record``: the run's
+    settings for the training record (``_training_record``)."""
     from . import teacher_eval
 
     eval_samples, train_samples, tto_samples = samples
-    figures = teacher_eval.evaluate(out, eval_samples, args)
+    figures = teacher_eval.evaluate(out, eval_samples, ev)
     figures["training"] = {
-        "steps": int(state["step"]), "threads": args.threads, "train_seconds": round(float(state["train_seconds"]), 1),
+        "steps": int(state["step"]), "threads": record["threads"],
+        "train_seconds": round(float(state["train_seconds"]), 1),
         "reasoner": str(reasoner_dir) if reasoner_dir else None,
-        "command": _command(args),
-        "init_from": str(args.init_from) if args.init_from else None,
-        "lineage": init_lineage(args.init_from),
+        "command": record["command"],
+        "init_from": record["init_from"],
+        "lineage": record["lineage"],
         "reasoner_train_videos": len(train_samples), "reasoner_eval_videos": len(eval_samples),
-        "tto_train_videos": len(tto_samples), "tto_lr": args.tto_lr if args.tto_jobs else None,
-        "train_tasks_per_family": args.train_tasks, "seed": args.seed,
+        "tto_train_videos": len(tto_samples), "tto_lr": record["tto_lr"],
+        "train_tasks_per_family": record["train_tasks_per_family"], "seed": record["seed"],
+        "blend_share": record["blend_share"], "align_loss": record["align_loss"],
         "wall_seconds": round(time.monotonic() - t0, 1),
         "weights_mb": round(sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6, 2),
         "class_weights": {f"{k}={'yes' if v else 'no'}": w for (k, v), w in sorted(weights.items())},
     }
     write_json(out / EVAL_NAME, figures)
-    teacher_eval.write_model_card(out, figures, args)
+    teacher_eval.write_model_card(out, figures, fallback_command)
     print(f"wrote {out} ({figures['training']['weights_mb']} MB of weights); figures in {out / EVAL_NAME}")
     return 0
 
 
-def run(args) -> int:
-    """The recipe as its stages: work folder, initial model, reasoner videos, training, the shipped folder."""
+def _training_record(args, command: str) -> dict[str, Any]:
+    """The run's settings as eval.json's training record keeps them."""
+    return {"threads": args.threads, "command": command,
+            "init_from": str(args.init_from) if args.init_from else None, "lineage": init_lineage(args.init_from),
+            "tto_lr": args.tto_lr if args.tto_jobs else None, "train_tasks_per_family": args.train_tasks,
+            "seed": args.seed, "blend_share": args.blend_share, "align_loss": args.align_loss}
+
+
+def _fallback_command(args) -> str:
+    """The card's command when an evaluated folder's eval.json has none (``write_model_card``)."""
+    return f"vlm-teacher train teacher --out {args.out} --minutes {args.minutes:g} --seed {args.seed}"
+
+
+def _train_and_save(folders: Folders, data: DataSettings, train: TrainSettings, work: Path, init: Path,
+                    resuming: bool, reasoner_examples, train_deadline: float):
+    """The training stage: the stream, the class weights, the loop (resumed when asked) and the saved
+    folder. Returns (state, weights), or None when the run stopped early at --stop-at."""
     from ..suites.grid import grid_tasks
 
-    _check(args)
-    t0 = time.monotonic()
-    torch.set_num_threads(max(1, args.threads))
-    out: Path = args.out
-    work, resuming = _prepare_work(args)
-    reasoner_dir = _reasoner_dir(args)
-    init = _initial_model(args, work)
-    print(f"reasoner: {reasoner_dir}" if reasoner_dir else
-          "reasoner: none available; training on ground-truth, corrupted and degraded renders only")
-    samples = _reasoner_videos(
-        reasoner_dir, work, init, t0, seed=args.seed, eval_reasoner=args.eval_reasoner,
-        reasoner_jobs=args.reasoner_jobs,
-        reasoner_minutes=args.reasoner_minutes if args.reasoner_minutes is not None else args.minutes / 4,
-        eval_only=args.eval_only, tto_jobs=args.tto_jobs, tto_lr=args.tto_lr, tto_minutes=args.tto_minutes)
-    eval_samples, train_samples, tto_samples = samples
-    if args.eval_only:
-        return _eval_only(out, eval_samples, reasoner_dir, args)
-    reasoner_examples = [ex for s in train_samples + tto_samples for ex in s.examples()]
-    if reasoner_dir:
-        print(f"reasoner videos: {len(train_samples)} for training, {len(eval_samples)} for evaluation"
-              + (f", {len(tto_samples)} from the test-time loop" if args.tto_jobs else ""))
-
-    stream = Stream(grid_tasks("train", args.train_tasks, seed=args.seed), reasoner_examples, args)
-    scan_rng = np.random.default_rng([args.seed, 3])
-    weights = class_weights([stream.draw(scan_rng) for _ in range(max(1, args.weight_scan))])
+    stream = Stream(grid_tasks("train", data.train_tasks, seed=data.seed), reasoner_examples, data)
+    scan_rng = np.random.default_rng([data.seed, 3])
+    weights = class_weights([stream.draw(scan_rng) for _ in range(max(1, data.weight_scan))])
     teacher, probe, params, optimizer, state = _load_for_training(work / "ckpt" if resuming else init, work, resuming,
-                                                                  cell_loss=args.cell_loss, lr=args.lr, seed=args.seed)
+                                                                  cell_loss=train.cell_loss, lr=train.lr,
+                                                                  seed=train.seed,
+                                                                  double_backprop=train.align_loss > 0)
     log = JsonlLog(work / LOG_NAME, stamp=False)
     log.keep_until(int(state["step"]))  # drop lines written after the checkpoint
-    step = _train(args, teacher, probe, params, optimizer, state, stream, weights, work, init, log,
-                  train_deadline=t0 + args.minutes * 60.0 - args.eval_minutes * 60, resuming=resuming)
-    if args.stop_at is not None and step >= args.stop_at and (args.steps is None or step < args.steps):
+    step = _train(train, teacher, probe, params, optimizer, state, stream, weights, work, init, log,
+                  train_deadline=train_deadline, resuming=resuming)
+    if step == 0:
+        raise UserError(f"the time budget ran out before the first training step, so no model was written to "
+                        f"{folders.out}; give more --minutes (the reasoner videos take --reasoner-minutes, by "
+                        "default a quarter of it, and --eval-minutes is kept back for the evaluation)")
+    if train.stop_at is not None and step >= train.stop_at and (train.steps is None or step < train.steps):
         print(f"stopped at step {step} as asked; continue with --resume")
-        return 0
-
+        return None
     teacher.model.eval()
-    save_folder(teacher, out, init)
-    shutil.copy2(log.path, out / LOG_NAME)
-    del teacher, optimizer
-    if args.no_eval:
-        print(f"wrote {out} (no evaluation: --no-eval)")
-        return 0
-    return _ship(args, out, log, state, samples, weights, reasoner_dir, t0)
+    save_folder(teacher, folders.out, init)
+    shutil.copy2(log.path, folders.out / LOG_NAME)
+    return state, weights
+
+
+def run(args) -> int:
+    """The recipe as its stages: settings, work folder, initial model, reasoner videos, training, the shipped folder."""
+    t0 = time.monotonic()
+    size, folders, data, train = (pick(ModelSize, args), pick(Folders, args), pick(DataSettings, args),
+                                  pick(TrainSettings, args))
+    videos = pick(VideoJobs, args, reasoner_minutes=args.reasoner_minutes if args.reasoner_minutes is not None
+                  else args.minutes / 4)
+    ev = pick(EvalSettings, args)
+    _check(args.minutes, size, data, train, folders, videos)
+    if not folders.eval_only and args.minutes <= args.eval_minutes:
+        raise UserError(f"--minutes {args.minutes:g} leaves no training time: --eval-minutes {args.eval_minutes:g} "
+                        "of it is kept back for the evaluation; give more --minutes (or fewer --eval-minutes)")
+    torch.set_num_threads(max(1, args.threads))
+    command = _command(args)
+
+    with WorkLock(_work_folder(folders), "`vlm-teacher train teacher`"):
+        work, resuming = _prepare_work(folders)
+        reasoner_dir = _reasoner_dir(folders)
+        init = _initial_model(folders, size, work)
+        print(f"reasoner: {reasoner_dir}" if reasoner_dir else
+              "reasoner: none available; training on ground-truth, corrupted and degraded renders only")
+        samples = _reasoner_videos(reasoner_dir, work, init, t0, videos, eval_only=folders.eval_only)
+        eval_samples, train_samples, tto_samples = samples
+        if folders.eval_only:
+            return _eval_only(folders.out, eval_samples, reasoner_dir, ev, command, _fallback_command(args))
+        if reasoner_dir:
+            print(f"reasoner videos: {len(train_samples)} for training, {len(eval_samples)} for evaluation"
+                  + (f", {len(tto_samples)} from the test-time loop" if videos.tto_jobs else ""))
+
+        trained = _train_and_save(folders, data, train, work, init, resuming,
+                                  [ex for s in train_samples + tto_samples for ex in s.examples()],
+                                  train_deadline=t0 + args.minutes * 60.0 - args.eval_minutes * 60)
+        if trained is None:
+            return 0
+        if args.no_eval:
+            print(f"wrote {folders.out} (no evaluation: --no-eval)")
+            return 0
+        state, weights = trained
+        return _ship(folders.out, state, samples, weights, reasoner_dir, t0, ev, _training_record(args, command),
+                     _fallback_command(args))

@@ -1,5 +1,5 @@
 """What the recipes share: the JSONL log, safetensors files written atomically, the
-learning-rate schedule, the time-budget planner and the command record."""
+learning-rate schedule, the time-budget planner, the command record and the settings picker."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -203,3 +204,10 @@ class ModuleCheckpoint:
                     per.setdefault(int(idx), {})[name] = value
             optimizer.load_state_dict({"state": per, "param_groups": groups})
         return state
+
+
+def pick(cls, args: argparse.Namespace, prefix: str = "", **given):
+    """The settings dataclass ``cls`` filled from the options ``prefix + field`` of a recipe's
+    parsed arguments (called by the recipe's ``run`` only: its stages take the settings, never
+    the Namespace); ``given`` fields as passed."""
+    return cls(**given, **{f.name: getattr(args, prefix + f.name) for f in fields(cls) if f.name not in given})

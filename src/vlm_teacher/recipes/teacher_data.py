@@ -54,6 +54,7 @@ class Example:
     labels: dict[str, bool]        # question type -> answer
     source: str                    # gt | counterfactual | corrupt:<kind> | degraded | reasoner_final | reasoner_preview
     paths: dict[str, list] | None = None  # the verifier's reading of THIS video: agent/box cell per frame
+    soft: dict[str, float] | None = None  # P(Yes) targets in place of the labels (blends), see blend_example
 
     @property
     def questions(self) -> dict[str, str]:
@@ -146,6 +147,27 @@ def render_example(task: GridTask, rng: np.random.Generator, mix: dict[str, floa
     if ask is not task and source == "gt":
         source = "counterfactual"
     return labelled(ask, video, source)
+
+
+#: the P(Yes) target of a question the verifier answers No on a blend a fraction ``a`` of the way to the
+#: truth is BLEND_SLOPE * a: below 0.5 (still a No), but rising along the line, so the loss falls all the way
+BLEND_SLOPE = 0.45
+
+
+def blend_example(example: Example, rng: np.random.Generator) -> Example:
+    """``example``'s video moved a random fraction ``a`` of the way to the ground truth of its asked
+    task (a pixel blend, as on the line the test-time loop should travel), labelled by the verifier of
+    the blend itself. Its ``soft`` targets: 1 where the verifier says Yes, ``BLEND_SLOPE * a`` where it
+    says No (a graded No: the closer to a legal video, the less sure). Returned unchanged when the
+    shapes differ or the video is the ground truth."""
+    truth = example.task.video()
+    if truth.shape != example.video.shape or np.array_equal(truth, example.video):
+        return example
+    a = float(rng.uniform(0.0, 1.0))
+    video = np.clip(np.rint((1 - a) * example.video.astype(np.float32) + a * truth.astype(np.float32)), 0, 255)
+    out = labelled(example.task, video.astype(np.uint8), "blend")
+    out.soft = {k: 1.0 if yes else BLEND_SLOPE * a for k, yes in out.labels.items()}
+    return out
 
 
 # ---------------------------------------------------------------- the reasoner

@@ -21,6 +21,7 @@ every user takes), on held-out tasks (``test`` and ``ood`` splits; training uses
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -125,16 +126,24 @@ def query_figures(teacher, split: str, n: int) -> dict[str, Any]:
     return {k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("parsed", "goal_right", "exact")} | {"n": len(rows)}
 
 
-def evaluate(folder: Path, reasoner_samples, args) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EvalSettings:
+    """What ``evaluate`` reads: tasks per family for rendered videos and for query writing, torch threads."""
+    eval_tasks: int
+    eval_queries: int
+    threads: int = 2
+
+
+def evaluate(folder: Path, reasoner_samples, ev: EvalSettings) -> dict[str, Any]:
     import torch
 
     from ..teacher import load_teacher
 
-    torch.set_num_threads(max(1, getattr(args, "threads", 2)))
+    torch.set_num_threads(max(1, ev.threads))
     teacher = load_teacher(folder)
     figures: dict[str, Any] = {"renders": {}, "reasoner": {}, "queries": {}}
     for split in ("test", "ood"):
-        for group, examples in render_examples(split, args.eval_tasks).items():
+        for group, examples in render_examples(split, ev.eval_tasks).items():
             figures["renders"][f"{split}/{group}"] = accuracy(_p_yes(teacher, examples))
         samples = [s for s in reasoner_samples if s.task.split == split]
         if samples:
@@ -147,7 +156,7 @@ def evaluate(folder: Path, reasoner_samples, args) -> dict[str, Any]:
             entry["calibration"] = calibration(scored)
             entry["hacking"] = hacking(scored)
             figures["reasoner"][split] = entry
-        figures["queries"][split] = query_figures(teacher, split, args.eval_queries)
+        figures["queries"][split] = query_figures(teacher, split, ev.eval_queries)
     return figures
 
 
@@ -165,14 +174,32 @@ def _acc_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_model_card(folder: Path, figures: dict[str, Any], args) -> Path:
-    """MODEL_CARD.md, every figure read from ``figures`` (the eval.json of this run)."""
+def alignment_section(al: dict[str, Any] | None) -> list[str]:
+    """The card's figures on the test-time loop's own previews (``benchmarks/teacher_alignment.py --card``)."""
+    if not al:
+        return []
+    rates = "; ".join(f"{k} {_pct(v)} ({al['false_yes'][k]})" for k, v in al["false_yes_rate"].items())
+    return ["", f"### On the test-time loop's own previews ({al['tasks']} grid:test tasks, lr {al['lr']:g})", "",
+            f"Command: `{al['command']}` (reasoner `{al['reasoner']}`). Judged by the pixel verifier.", "",
+            f"- False Yes (P(Yes) > 0.5 where the verifier says No) on the previews the loop visited: {rates}.",
+            f"- Gradient of its loss at the frozen preview, pulled back to the LoRA parameters: cosine with the "
+            f"gradient of the MSE to the ground truth {al['cosine_mean']:+.3f} on average, positive on "
+            f"{al['cosine_positive']} of {al['tasks']} tasks.",
+            f"- Its loss along the line frozen preview -> ground truth falls all the way on {al['line_monotone']} "
+            f"of {al['tasks']} tasks; mean " + ", ".join(f"{x:.2f}" for x in al["line_mean"]) + ".",
+            f"- Reward hacking: {al['early_stops_failing']} of {al['early_stops']} early stops (loss <= tau) on a "
+            f"video the verifier fails; the loop's final video passes on {al['tto_pass']} of {al['tasks']} "
+            f"(frozen {al['frozen_pass']})."]
+
+
+def write_model_card(folder: Path, figures: dict[str, Any], fallback_command: str) -> Path:
+    """MODEL_CARD.md, every figure read from ``figures`` (the eval.json of this run); ``fallback_command``
+    (with its reasoner option added) stands for a training record that has no command."""
     from ..suites.grid.questions import PROCESS_TYPES, goal_question, process_question
 
     tr = figures["training"]
-    cmd = tr.get("command") or (f"vlm-teacher train teacher --out {args.out} --minutes {args.minutes:g} "
-                                f"--seed {args.seed}" + (f" --reasoner {tr['reasoner']}" if tr["reasoner"]
-                                                         else " --no-reasoner"))
+    cmd = tr.get("command") or (fallback_command + (f" --reasoner {tr['reasoner']}" if tr["reasoner"]
+                                                    else " --no-reasoner"))
     L = ["# grid-qwen: the embedded teacher", "",
          "A small Qwen3-VL (transformers `Qwen3VLForConditionalGeneration`, built from config, patch 16 = one "
          f"grid cell) trained {'in several runs' if tr.get('init_from') else 'from scratch'} by "
@@ -205,7 +232,15 @@ def write_model_card(folder: Path, figures: dict[str, Any], args) -> Path:
          "target colour of its first frame (`grid_teacher.goal_contrast`): Yes and No answers on the same video "
          "tokens, the signal that got a from-scratch model off the Yes/No prior. A training-only linear probe "
          "(discarded) predicts each cell's colour classes from the vision tokens, read from the pixels by the "
-         "verifier's reader; digit-answer where-questions (`--where-loss`) exist but are off by default.", "",
+         "verifier's reader; digit-answer where-questions (`--where-loss`) exist but are off by default."
+         + (f" A share {tr['blend_share']:g} of the videos are blends (`teacher_data.blend_example`): a failing "
+            "video moved a random fraction of the way to its ground truth, labelled by the verifier of the blend."
+            if tr.get("blend_share") else "")
+         + (f" Gradient alignment (`grid_teacher.align_loss`, weight {tr['align_loss']:g}): on failing videos, "
+            "1 - cosine of the input gradient of the test-time loss with the direction to the ground truth, "
+            "trained by double backpropagation." if tr.get("align_loss") else "")
+         + (f" Test-time-loop videos: {tr['tto_train_videos']} runs of the loop against the previous teacher "
+            f"at lr {tr['tto_lr']:g}, labelled by the verifier." if tr.get("tto_train_videos") else ""), "",
          "## The questions it writes and answers", ""]
     for fam, kinds in PROCESS_TYPES.items():
         L.append(f"- {fam}: goal \"{goal_question(fam, '<colour>')}\"; process " +
@@ -227,6 +262,7 @@ def write_model_card(folder: Path, figures: dict[str, Any], args) -> Path:
               f"{h['videos_failing']} (video, goal) pairs that fail."]
     if not figures["reasoner"]:
         L += ["", "No reasoner was available for this run: no figures on reasoner videos."]
+    L += alignment_section(figures.get("alignment"))
     L += ["", "### Query writing (`propose_queries`)", "", "| split | n | parses | goal colour and family right | "
           "exactly the intended questions |", "|---|---|---|---|---|"]
     L += [f"| {s} | {q['n']} | {_pct(q['parsed'])} | {_pct(q['goal_right'])} | {_pct(q['exact'])} |"

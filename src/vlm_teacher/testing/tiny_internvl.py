@@ -23,6 +23,7 @@ from ..files import write_json
 from ..teacher.internvl import TOKEN_NAMES
 from ..teacher.tiles import IMAGENET_MEAN, IMAGENET_STD
 from .offline_tokenizer import build_offline_tokenizer
+from .tiny_sizes import TinyVlmSize
 
 #: InternVL-hf style: an image item renders as <IMG_CONTEXT>, a video item as <video>
 #: (the processor expands both), each followed by a newline.
@@ -108,38 +109,32 @@ def build_tiny_internvl(
     out_dir: str | os.PathLike,
     *,
     seed: int = 0,
-    vocab_size: int = 1536,
-    hidden_size: int = 64,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    intermediate_size: int = 128,
     vision_layers: int = 2,
-    vision_hidden_size: int = 32,
-    vision_num_heads: int = 2,
-    vision_intermediate_size: int = 64,
     tile: int = 56,
     patch_size: int = 14,
     max_tiles: int = 12,
     initializer_range: float = 0.02,
     layer_scale_init_value: float = 0.1,
     tokenizer_corpus: Iterable[str] = (),
+    **sizes: int,
 ) -> Path:
     """Write a tiny random InternVL folder to ``out_dir`` and return its path.
 
     ``tile`` is the vision tower's image size (InternVL3: 448; here 56, 4 tokens per tile).
     ``initializer_range`` is the std of the random weights (tests use a larger one so
-    that wrong positions or features change the outputs visibly)."""
+    that wrong positions or features change the outputs visibly). ``sizes``: the ``TinyVlmSize`` fields."""
     import torch
     from transformers import InternVLForConditionalGeneration
 
+    size = TinyVlmSize(**sizes)
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = save_internvl_tokenizer(out, vocab_size, tokenizer_corpus)
-    text = qwen2_text(hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size,
-                      len(tokenizer), initializer_range=initializer_range)
-    vision = internvl_vision(vision_layers, vision_hidden_size, vision_num_heads, vision_intermediate_size, tile,
-                             patch_size, initializer_range, layer_scale_init_value)
+    tokenizer = save_internvl_tokenizer(out, size.vocab_size, tokenizer_corpus)
+    text = qwen2_text(size.hidden_size, size.num_hidden_layers, size.num_attention_heads, size.num_key_value_heads,
+                      size.intermediate_size, len(tokenizer), initializer_range=initializer_range)
+    vision = internvl_vision(vision_layers, size.vision_hidden_size, size.vision_num_heads,
+                             size.vision_intermediate_size, tile, patch_size, initializer_range, layer_scale_init_value)
     config = internvl_config(text, vision, tokenizer)
     config.initializer_range = initializer_range
     torch.manual_seed(seed)

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 from ..files import write_json
 from .offline_tokenizer import build_offline_tokenizer
+from .tiny_sizes import TinyVlmSize
 
 ARCHS = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
@@ -40,16 +41,7 @@ def build_tiny_qwen_vl(
     *,
     arch: str = "qwen2_5_vl",
     seed: int = 0,
-    vocab_size: int = 1536,
-    hidden_size: int = 64,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    intermediate_size: int = 128,
     vision_depth: int = 2,
-    vision_hidden_size: int = 32,
-    vision_num_heads: int = 2,
-    vision_intermediate_size: int = 64,
     patch_size: int | None = None,
     temporal_patch_size: int = 2,
     merge_size: int = 2,
@@ -63,6 +55,7 @@ def build_tiny_qwen_vl(
     tokenizer_corpus: Iterable[str] = (),
     num_experts: int = 4,
     num_experts_per_tok: int = 2,
+    **sizes: int,
 ) -> Path:
     """Write a tiny random ``arch`` model folder to ``out_dir`` and return its path.
 
@@ -73,9 +66,14 @@ def build_tiny_qwen_vl(
     or features change the outputs visibly). ``tokenizer_corpus``: extra lines for the
     offline BPE (the teacher recipe passes its prompts and questions, so they encode compactly).
     ``qwen3_vl_moe``: every text layer is a sparse MoE of ``num_experts`` experts (width
-    ``intermediate_size``), ``num_experts_per_tok`` per token.
+    ``intermediate_size``), ``num_experts_per_tok`` per token. ``sizes``: the ``TinyVlmSize`` fields.
     """
     import torch
+
+    size = TinyVlmSize(**sizes)
+    hidden_size, num_hidden_layers = size.hidden_size, size.num_hidden_layers
+    num_attention_heads, num_key_value_heads = size.num_attention_heads, size.num_key_value_heads
+    vision_hidden_size, vision_num_heads = size.vision_hidden_size, size.vision_num_heads
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -94,7 +92,7 @@ def build_tiny_qwen_vl(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_offline_tokenizer(vocab_size, extra_corpus=tokenizer_corpus)
+    tokenizer = build_offline_tokenizer(size.vocab_size, extra_corpus=tokenizer_corpus)
     tok_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
                ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
     vocab = len(tokenizer)
@@ -105,7 +103,7 @@ def build_tiny_qwen_vl(
     text: dict[str, Any] = {
         "vocab_size": vocab,
         "hidden_size": hidden_size,
-        "intermediate_size": intermediate_size,
+        "intermediate_size": size.intermediate_size,
         "num_hidden_layers": num_hidden_layers,
         "num_attention_heads": num_attention_heads,
         "num_key_value_heads": num_key_value_heads,
@@ -120,7 +118,7 @@ def build_tiny_qwen_vl(
     vision: dict[str, Any] = {
         "depth": vision_depth,
         "hidden_size": vision_hidden_size,
-        "intermediate_size": vision_intermediate_size,
+        "intermediate_size": size.vision_intermediate_size,
         "num_heads": vision_num_heads,
         "in_channels": 3,
         "patch_size": patch,
@@ -144,7 +142,7 @@ def build_tiny_qwen_vl(
             from transformers import Qwen3VLMoeForConditionalGeneration as ModelClass
 
             text.update(num_experts=num_experts, num_experts_per_tok=num_experts_per_tok,
-                        moe_intermediate_size=intermediate_size, decoder_sparse_step=1)
+                        moe_intermediate_size=size.intermediate_size, decoder_sparse_step=1)
         else:
             from transformers import Qwen3VLConfig as ConfigClass
             from transformers import Qwen3VLForConditionalGeneration as ModelClass
