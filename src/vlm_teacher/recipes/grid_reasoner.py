@@ -79,7 +79,8 @@ from ..errors import UserError
 from ..files import atomic_folder, write_json, write_text
 from ..optimize import MODEL_TTO_FILE
 from ..runtime import machine_line
-from .scaffold import JsonlLog, StepPlan, WorkLock, command_record, pick, save_safetensors, warmup_cosine
+from .scaffold import (JsonlLog, StepPlan, WorkLock, apply_update, command_record, load_optimizer, optimizer_tensors,
+                       pick, save_safetensors, warmup_cosine)
 
 STAGES = ("vae", "decoder", "latents", "transformer", "done")
 METRICS_NAME = "metrics.json"  # the figures the card is generated from, beside the weights
@@ -421,11 +422,8 @@ class Checkpoint:
                 tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
         groups = None
         if optimizer is not None:
-            sd = optimizer.state_dict()
-            for idx, st in sd["state"].items():
-                for key, value in st.items():
-                    tensors[f"optim.{idx}.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).cpu()
-            groups = sd["param_groups"]
+            optim, groups = optimizer_tensors(optimizer)
+            tensors.update(optim)
         tensors["rng.torch"] = torch.get_rng_state()
         self.dir.mkdir(parents=True, exist_ok=True)
         save_safetensors(tensors, self.weights)
@@ -445,12 +443,7 @@ class Checkpoint:
             prefix = f"{name}."
             models[name].load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         if optimizer is not None and state.get("optimizer_param_groups"):
-            per: dict[int, dict[str, torch.Tensor]] = {}
-            for key, value in tensors.items():
-                if key.startswith("optim."):
-                    _, idx, name = key.split(".", 2)
-                    per.setdefault(int(idx), {})[name] = value
-            optimizer.load_state_dict({"state": per, "param_groups": state["optimizer_param_groups"]})
+            load_optimizer(optimizer, tensors, state["optimizer_param_groups"])
         torch.set_rng_state(tensors["rng.torch"])
 
 
@@ -509,10 +502,7 @@ def _train_loop(name: str, loop: LoopSettings, models, opt, params, run_state: d
         for g in opt.param_groups:
             g["lr"] = warmup_cosine(step, (step - warmup) / max(1, plan.total - warmup), base_lr, warmup, floor=0.05)
         loss, record = train_step(step, rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        gnorm = apply_update(loss, opt, params)
         step += 1
         done_here += 1
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()

@@ -61,7 +61,8 @@ from ..errors import UserError
 from ..files import write_json, write_text
 from ..runtime import machine_line
 from .grid_reasoner import _config, _export
-from .scaffold import JsonlLog, ModuleCheckpoint, StepPlan, command_record, save_safetensors, warmup_cosine
+from .scaffold import (JsonlLog, ModuleCheckpoint, StepPlan, WorkLock, apply_update, command_record, save_safetensors,
+                       warmup_cosine)
 
 FILE_NAME = "surrogate_decoder.safetensors"
 METRICS_NAME = "metrics.json"
@@ -358,10 +359,7 @@ def train(decoder, data: dict[str, torch.Tensor], args, ckpt: ModuleCheckpoint, 
             n, size=args.batch))
         loss = distil_loss(decoder, data["latents"][idx].to(device), data["targets"][idx].to(device),
                            args.object_weight, args.cell_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        gnorm = apply_update(loss, opt, params)
         step += 1
         done_here += 1
         bar.update(1)
@@ -653,66 +651,67 @@ def _run(args) -> int:
                             f"run builds {decoder.widths}, {decoder.temporal_scale}x (pass --widths to match)")
         decoder.load_state_dict(start.state_dict())
     ckpt = ModuleCheckpoint(args.out / "checkpoint" / "surrogate.safetensors")
-    _start(args, ckpt)
-    log = JsonlLog(args.out / "log.jsonl")
-    if args.resume and ckpt.exists():
-        saved = ckpt.state()
-        log.keep_until(int(saved["step"]), saved["stage"])  # drop what was logged after the checkpoint
-    log.write(event="start", resume=bool(args.resume), command=_command(args) + (" --resume" if args.resume else ""))
-    data = build_data(reasoner, args, log, args.out / "cache" / "data.safetensors")
-    state = train(decoder, data, args, ckpt, log, device, stage="train", steps=args.steps, lr=args.lr,
-                  budget_s=args.minutes * 60, next_stage="tune" if args.oracle_tasks else "done")
-    if state is not None and state["stage"] in ("tune", "done") and args.oracle_tasks:
-        if state["stage"] == "tune":
-            ckpt.load(decoder, None)  # the first round's surrogate drives the loop
-        extra = oracle_data(reasoner, decoder, folder, args, log, args.out / "cache" / "oracle.safetensors")
-        data = {k: torch.cat([data[k], extra[k]]) for k in data}
-        state = train(decoder, data, args, ckpt, log, device, stage="tune", steps=args.tune_steps, lr=args.lr / 2,
-                      budget_s=args.tune_minutes * 60, next_stage="done")
-    if state is None:
-        print(f"stopped in training; continue with --resume (checkpoint in {ckpt.path.parent})")
+    with WorkLock(args.out, "`vlm-teacher train surrogate`"):
+        _start(args, ckpt)
+        log = JsonlLog(args.out / "log.jsonl")
+        if args.resume and ckpt.exists():
+            saved = ckpt.state()
+            log.keep_until(int(saved["step"]), saved["stage"])  # drop what was logged after the checkpoint
+        log.write(event="start", resume=bool(args.resume), command=_command(args) + (" --resume" if args.resume else ""))
+        data = build_data(reasoner, args, log, args.out / "cache" / "data.safetensors")
+        state = train(decoder, data, args, ckpt, log, device, stage="train", steps=args.steps, lr=args.lr,
+                      budget_s=args.minutes * 60, next_stage="tune" if args.oracle_tasks else "done")
+        if state is not None and state["stage"] in ("tune", "done") and args.oracle_tasks:
+            if state["stage"] == "tune":
+                ckpt.load(decoder, None)  # the first round's surrogate drives the loop
+            extra = oracle_data(reasoner, decoder, folder, args, log, args.out / "cache" / "oracle.safetensors")
+            data = {k: torch.cat([data[k], extra[k]]) for k in data}
+            state = train(decoder, data, args, ckpt, log, device, stage="tune", steps=args.tune_steps, lr=args.lr / 2,
+                          budget_s=args.tune_minutes * 60, next_stage="done")
+        if state is None:
+            print(f"stopped in training; continue with --resume (checkpoint in {ckpt.path.parent})")
+            return 0
+        ckpt.load(decoder, None)  # the trained weights, also when a finished run is resumed
+        decoder.to(device).eval().requires_grad_(False)
+        model_dir = args.out / "model"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        vae_id = vae_identity(folder)
+        save_safetensors({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()},
+                         model_dir / FILE_NAME, metadata={"format": "vlm_teacher_tiny_wan_decoder", "vae_id": vae_id,
+                                                          "reasoner": model_id(folder)})
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        source = data["source"].tolist()
+        metrics: dict[str, Any] = {
+            "source": {"reasoner": (str(folder) if args.reasoner is not None
+                                    else "src/vlm_teacher/embedded/grid-wan (the embedded reasoner)"), "reasoner_id": model_id(folder), "vae_id": vae_id,
+                       "vae_params": count(reasoner.vae), "vae_decoder_params": count(reasoner.vae.decoder),
+                       "scale_spatial": reasoner.scale_spatial, "scale_temporal": reasoner.scale_temporal},
+            "training": {
+                "command": _command(args),
+                "invocations": [r["command"] for r in log.records() if r.get("event") == "start" and r.get("command")],
+                "machine": machine_line(args.device), "torch": torch.__version__, "seed": args.seed,
+                "samples": len(source), "by_source": {s: source.count(i) for i, s in enumerate(SOURCES)},
+                "lora_scale": args.lora_scale, "batch": args.batch,
+                **{k: v for k, v in state.items() if k.startswith(("train_", "tune_"))},
+                "oracle_tasks": args.oracle_tasks, "oracle_steps": args.oracle_steps,
+                "init_from": None if args.init_from is None else {"file": str(args.init_from),
+                                                                   **_file_record(args.init_from)},
+            },
+            "size": {"widths": list(decoder.widths), "time_upscale": list(decoder.time_upscale), "patch": decoder.patch,
+                     "params": count(decoder), "file_mb": (model_dir / FILE_NAME).stat().st_size / 1e6},
+        }
+        if args.eval_tasks > 0:
+            metrics["evaluation"] = evaluate(reasoner, decoder, args.eval_tasks, args.seed, args.lora_scale, device)
+            log.write(event="evaluation", **{s: metrics["evaluation"][s]["all"] for s in ("test", "ood")})
+        metrics["training"]["invocation_minutes"] = (time.time() - t_start) / 60
+        metrics["training"]["invocation_cpu_minutes"] = (time.process_time() - cpu_start) / 60
+        write_json(model_dir / METRICS_NAME, metrics)
+        write_text(model_dir / "MODEL_CARD.md", model_card(metrics))
+        if args.export is not None:
+            _export(model_dir, Path(args.export))
+        if args.eval_tasks > 0:
+            ev = metrics["evaluation"]
+            print(f"verdict agreement with the VAE: test {ev['test']['all']['agreement']:.2f}, "
+                  f"ood {ev['ood']['all']['agreement']:.2f}")
+        print(f"surrogate: {model_dir / FILE_NAME} ({metrics['size']['params'] / 1e6:.3f} M parameters)")
         return 0
-    ckpt.load(decoder, None)  # the trained weights, also when a finished run is resumed
-    decoder.to(device).eval().requires_grad_(False)
-    model_dir = args.out / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    vae_id = vae_identity(folder)
-    save_safetensors({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()},
-                     model_dir / FILE_NAME, metadata={"format": "vlm_teacher_tiny_wan_decoder", "vae_id": vae_id,
-                                                      "reasoner": model_id(folder)})
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    source = data["source"].tolist()
-    metrics: dict[str, Any] = {
-        "source": {"reasoner": (str(folder) if args.reasoner is not None
-                                else "src/vlm_teacher/embedded/grid-wan (the embedded reasoner)"), "reasoner_id": model_id(folder), "vae_id": vae_id,
-                   "vae_params": count(reasoner.vae), "vae_decoder_params": count(reasoner.vae.decoder),
-                   "scale_spatial": reasoner.scale_spatial, "scale_temporal": reasoner.scale_temporal},
-        "training": {
-            "command": _command(args),
-            "invocations": [r["command"] for r in log.records() if r.get("event") == "start" and r.get("command")],
-            "machine": machine_line(args.device), "torch": torch.__version__, "seed": args.seed,
-            "samples": len(source), "by_source": {s: source.count(i) for i, s in enumerate(SOURCES)},
-            "lora_scale": args.lora_scale, "batch": args.batch,
-            **{k: v for k, v in state.items() if k.startswith(("train_", "tune_"))},
-            "oracle_tasks": args.oracle_tasks, "oracle_steps": args.oracle_steps,
-            "init_from": None if args.init_from is None else {"file": str(args.init_from),
-                                                               **_file_record(args.init_from)},
-        },
-        "size": {"widths": list(decoder.widths), "time_upscale": list(decoder.time_upscale), "patch": decoder.patch,
-                 "params": count(decoder), "file_mb": (model_dir / FILE_NAME).stat().st_size / 1e6},
-    }
-    if args.eval_tasks > 0:
-        metrics["evaluation"] = evaluate(reasoner, decoder, args.eval_tasks, args.seed, args.lora_scale, device)
-        log.write(event="evaluation", **{s: metrics["evaluation"][s]["all"] for s in ("test", "ood")})
-    metrics["training"]["invocation_minutes"] = (time.time() - t_start) / 60
-    metrics["training"]["invocation_cpu_minutes"] = (time.process_time() - cpu_start) / 60
-    write_json(model_dir / METRICS_NAME, metrics)
-    write_text(model_dir / "MODEL_CARD.md", model_card(metrics))
-    if args.export is not None:
-        _export(model_dir, Path(args.export))
-    if args.eval_tasks > 0:
-        ev = metrics["evaluation"]
-        print(f"verdict agreement with the VAE: test {ev['test']['all']['agreement']:.2f}, "
-              f"ood {ev['ood']['all']['agreement']:.2f}")
-    print(f"surrogate: {model_dir / FILE_NAME} ({metrics['size']['params'] / 1e6:.3f} M parameters)")
-    return 0

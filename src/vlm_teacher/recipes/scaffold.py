@@ -158,6 +158,33 @@ def command_record(words: str, args: argparse.Namespace, add_arguments: Callable
     return " ".join(parts)
 
 
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    """An optimiser's state as safetensors-ready tensors (``optim.<param>.<key>``) and its param groups."""
+    sd = optimizer.state_dict()
+    tensors = {f"optim.{idx}.{key}": (value if torch.is_tensor(value) else torch.tensor(value)).cpu()
+               for idx, st in sd["state"].items() for key, value in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    """The inverse of ``optimizer_tensors`` (other keys in ``tensors`` are ignored)."""
+    per: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            per.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": per, "param_groups": groups})
+
+
+def apply_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params, clip: float = 1.0) -> float:
+    """One optimiser step on ``loss`` with the gradient norm clipped to ``clip``; returns that norm."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    return float(norm)
+
+
 class ModuleCheckpoint:
     """One safetensors file with a module's weights, its optimiser's state and the run's state
     (JSON in the file's metadata): written atomically, so a kill leaves the old checkpoint or the
@@ -173,11 +200,8 @@ class ModuleCheckpoint:
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         groups = None
         if optimizer is not None:
-            sd = optimizer.state_dict()
-            for idx, st in sd["state"].items():
-                for key, value in st.items():
-                    tensors[f"optim.{idx}.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).cpu()
-            groups = sd["param_groups"]
+            optim, groups = optimizer_tensors(optimizer)
+            tensors.update(optim)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         save_safetensors(tensors, self.path, metadata={"state": json.dumps({**state, "optimizer_param_groups": groups})})
 
@@ -197,12 +221,7 @@ class ModuleCheckpoint:
         module.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         groups = state.pop("optimizer_param_groups", None)
         if optimizer is not None and groups:
-            per: dict[int, dict[str, torch.Tensor]] = {}
-            for key, value in tensors.items():
-                if key.startswith("optim."):
-                    _, idx, name = key.split(".", 2)
-                    per.setdefault(int(idx), {})[name] = value
-            optimizer.load_state_dict({"state": per, "param_groups": groups})
+            load_optimizer(optimizer, tensors, groups)
         return state
 
 
