@@ -88,7 +88,7 @@ METRICS_NAME = "metrics.json"  # the figures the card is generated from, beside 
 ARCH_KEYS = ("seed", "train_tasks", "vae_base_dim", "vae_steps", "vae_batch", "vae_images", "vae_crop", "vae_lr",
              "vae_clip_crop", "vae_temporal",
              "vae_kl", "vae_object_weight", "vae_code_weight",
-             "decoder_minutes", "decoder_steps", "decoder_batch", "decoder_lr", "decoder_object_weight",
+             "decoder_steps", "decoder_batch", "decoder_lr", "decoder_object_weight",
              "dit_steps", "dit_batch", "dit_lr", "dit_object_weight", "dit_sigma_one", "dit_layers", "dit_heads",
              "dit_head_dim", "dit_ffn",
              "text_dim", "text_layers", "text_heads", "flow_shift", "sampler_steps", "max_sequence_length",
