@@ -280,3 +280,15 @@ def test_the_command_prints_each_parts_time(straight_run, capsys, tmp_path):
     assert _train(tmp_path / "timed") == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("time: ")]
     assert len(line) == 1 and "decoder" in line[0] and "evaluation" in line[0] and "in all" in line[0]
+
+
+def test_noise_levels_keep_the_original_mix_by_default_and_all_ones_at_share_one():
+    import torch
+
+    from vlm_teacher.recipes.grid_reasoner import sample_sigmas
+
+    torch.manual_seed(0)
+    s = sample_sigmas(20000, [1.0, 0.9, 0.7, 0.4, 0.0], 3.0)
+    picked = torch.isin(s, torch.tensor([0.9, 0.7, 0.4]))
+    assert abs((s == 1).float().mean().item() - 0.3) < 0.02 and abs(picked.float().mean().item() - 0.3) < 0.02
+    assert bool((sample_sigmas(500, [1.0, 0.9, 0.0], 3.0, one_share=1.0) == 1).all())
