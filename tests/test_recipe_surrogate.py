@@ -152,3 +152,29 @@ def test_shipped_surrogate_fits_the_embedded_vae_and_its_card():
         checked += 1
     assert checked == 4
     assert metrics["evaluation"]["test"]["all"]["agreement"] >= 0.95
+
+
+@shipped
+def test_bench_and_run_preview_through_the_surrogate_when_asked(tmp_path, capsys):
+    """--preview-decoder: the TTO rows record it and get their own config hash (frozen rows are
+    shared), the teacher's preview changes, and a missing file is refused before any model loads."""
+    import sqlite3
+
+    from vlm_teacher.cli import main
+
+    surrogate = SHIPPED_DIR / FILE_NAME
+    out = tmp_path / "b"
+    common = ["bench", "--suite", "grid:test", "--methods", "frozen,tto", "--limit", "1", "--out", str(out),
+              "--fixed-steps", "1", "--quiet", "--no-teacher-eval"]
+    assert main(common) == 0
+    assert main([*common, "--preview-decoder", str(surrogate)]) == 0
+    rows = sqlite3.connect(out / "results.sqlite").execute(
+        "select method, config_hash, json_extract(extra, '$.preview_decoder'), history_path from results").fetchall()
+    tto = [r for r in rows if r[0] == "tto"]
+    assert len([r for r in rows if r[0] == "frozen"]) == 1  # the preview decoder does not touch frozen
+    assert len(tto) == 2 and tto[0][1] != tto[1][1]
+    assert sorted(str(r[2]).split("-")[0] for r in tto) == ["None", "surrogate_decoder"]
+    first_loss = [json.loads((out / r[3]).read_text())["history"][0]["loss"] for r in tto]
+    assert first_loss[0] != first_loss[1]  # the teacher judged another picture of the same first prediction
+    assert main([*common, "--preview-decoder", str(tmp_path / "missing.safetensors")]) != 0
+    assert "is not a file" in capsys.readouterr().err

@@ -41,6 +41,7 @@ class BenchConfig:
     limit: int | None = None
     reasoner: Path | None = None
     teacher: Path | None = None
+    preview_decoder: Path | None = None  # a surrogate for the TTO preview (None: the full VAE)
     device: str = "auto"
     dtype: str = "auto"
     tto: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +63,7 @@ class BenchConfig:
         check_num_frames(self.num_frames)
         self.reasoner = Path(self.reasoner) if self.reasoner is not None else None
         self.teacher = Path(self.teacher) if self.teacher is not None else None
+        self.preview_decoder = check_preview_decoder(self.preview_decoder)
 
     def reasoner_path(self) -> Path:
         from ..embedded import reasoner_path
@@ -109,12 +111,36 @@ class Instance:
         return self.key.seed
 
 
+def check_preview_decoder(path) -> Path | None:
+    """``--preview-decoder`` as a Path, refused before any model loads when it is not a file."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--preview-decoder {path} is not a file; give a .safetensors made by `vlm-teacher train "
+                        "surrogate`, or leave the flag out to preview through the full VAE")
+    return path
+
+
+def model_ids_of(cfg: BenchConfig) -> dict[str, str]:
+    """The reasoner's id, and the preview decoder's (file stem + content hash) when one is set."""
+    from ..identity import file_digest
+
+    ids = {"reasoner": model_id(cfg.reasoner_path())}
+    if cfg.preview_decoder is not None:
+        ids["preview_decoder"] = f"{cfg.preview_decoder.stem}-{file_digest(cfg.preview_decoder)[:8]}"
+    return ids
+
+
 def config_hash(method, cfg: BenchConfig, models: dict[str, str]) -> str:
     """Hash of everything that determines a method's output besides task and seed: the method's
     settings and code version (``Method.config``), the models' identities, the video length and
     the whole resolved optimisation config (defaults included, so a changed default is a new key)."""
-    # the teacher is part of the key only where it shapes the video (not for frozen / oracle)
-    used = {k: v for k, v in models.items() if k == "reasoner" or method.uses_teacher}
+    # the teacher is part of the key only where it shapes the video (not for frozen / oracle), the
+    # preview decoder only for the test-time loop (the only user of the preview)
+    used = {k: v for k, v in models.items()
+            if k == "reasoner" or (k == "teacher" and method.uses_teacher)
+            or (k == "preview_decoder" and isinstance(method, TTO))}
     doc: dict[str, Any] = {"key_version": KEY_VERSION, "method": method.config(), "models": used,
                            "frames": cfg.num_frames}
     base = cfg.tto_config()
@@ -136,7 +162,7 @@ def plan(cfg: BenchConfig, suite=None) -> list[Instance]:
         if bad:
             raise UserError(f"{', '.join(bad)} need a suite with a verifier (grid:...); {suite.name} has none")
     cfg.tto_config()  # validate early
-    models = {"reasoner": model_id(cfg.reasoner_path())}
+    models = model_ids_of(cfg)
     if any(m.uses_teacher for m in methods) or cfg.teacher_eval:
         try:
             models["teacher"] = model_id(cfg.teacher_path())

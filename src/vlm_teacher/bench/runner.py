@@ -11,14 +11,14 @@ from typing import Any
 from ..errors import UserError
 from ..files import remove_temporaries, write_json
 from ..identity import model_id
-from ..methods import MethodContext, parse_methods
+from ..methods import TTO, MethodContext, parse_methods
 from ..reasoner import load_reasoner
 from ..reasoner.base import uniform_frame_indices
 from ..runtime import device_and_dtype, quiet_libraries
 from ..teacher import load_teacher
 from ..teacher.queries import fallback_queries
 from ..video import to_float, write_video
-from .plan import BenchConfig, Instance
+from .plan import BenchConfig, Instance, model_ids_of
 
 log = logging.getLogger("vlm_teacher")
 
@@ -51,6 +51,8 @@ class InstanceRunner:
             methods = parse_methods(self.cfg.methods)
             device, dtype = device_and_dtype(self.cfg.device, self.cfg.dtype)
             reasoner = load_reasoner(self.cfg.reasoner_path(), device=device, dtype=dtype)
+            if self.cfg.preview_decoder is not None:
+                reasoner.load_preview_decoder(self.cfg.preview_decoder)
             teacher = None
             if any(m.uses_teacher for m in methods) or (self.cfg.teacher_eval and self.suite.verifier() is not None):
                 try:
@@ -59,7 +61,7 @@ class InstanceRunner:
                     if any(m.uses_teacher for m in methods):
                         raise
             # names in the rows: folder name + content hash, so two versions of one folder stay apart
-            self.model_ids = {"reasoner": model_id(self.cfg.reasoner_path())}
+            self.model_ids = model_ids_of(self.cfg)
             if teacher is not None:
                 self.model_ids["teacher"] = model_id(self.cfg.teacher_path())
             self._ctx = MethodContext(reasoner=reasoner, teacher=teacher, tto=self.cfg.tto_config(),
@@ -106,6 +108,7 @@ class InstanceRunner:
             "reasoner": self.model_ids["reasoner"],
             "teacher": self.model_ids.get("teacher") if (method.uses_teacher and ctx.teacher is not None) else None,
             "eval_teacher": None,
+            "preview_decoder": self.model_ids.get("preview_decoder") if isinstance(method, TTO) else None,
             "run_dir": inst.run_dir,
             "run_name": inst.run_name,
             "queries": out.queries.to_dict() if out.queries else None,

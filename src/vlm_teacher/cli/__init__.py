@@ -25,6 +25,7 @@ def cmd_run(args) -> int:
     from ..files import check_output_folder, remove_temporaries, write_json
     from ..optimize import teach, tto_config
     from ..outputs import write_result
+    from ..bench.plan import check_preview_decoder
     from ..reasoner.base import check_num_frames
     from ..runtime import device_and_dtype, quiet_libraries
     from ..reasoner import load_reasoner
@@ -47,11 +48,14 @@ def cmd_run(args) -> int:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"cannot use --queries {args.queries}: {exc}. Expected JSON {{\"goal\": str, \"process\": [str, ...]}}") from None
     check_num_frames(args.frames)
+    preview_decoder = check_preview_decoder(args.preview_decoder)
     config = tto_config(tto_changes(args), args.reasoner)  # every setting validated before any model loads
     device, dtype = device_and_dtype(args.device, args.dtype)
     if not args.verbose:
         quiet_libraries()
     reasoner = load_reasoner(args.reasoner, device=device, dtype=dtype)
+    if preview_decoder is not None:
+        reasoner.load_preview_decoder(preview_decoder)
     teacher = load_teacher(args.teacher, device=device, dtype=dtype)
 
     result = teach(reasoner, teacher, task, config, seed=args.seed, queries=queries,
@@ -60,6 +64,7 @@ def cmd_run(args) -> int:
     paths = write_result(args.out, result, fps=reasoner.fps, reasoner=reasoner)
     write_json(Path(args.out) / "task.json", {"prompt": prompt, "image": str(args.image) if args.image else None,
                                               "seed": args.seed, "reasoner": str(args.reasoner),
+                                              "preview_decoder": str(preview_decoder) if preview_decoder else None,
                                               "teacher": str(args.teacher)})
     print(f"{result.steps} steps ({result.stop_reason}), final loss {result.final_loss:.3f}, "
           f"{result.seconds['total']:.1f} s -> {paths['video']}" if result.history else

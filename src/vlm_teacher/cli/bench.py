@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .options import add_device_args, add_tto_args, tto_changes
+from .options import add_device_args, add_preview_decoder_arg, add_tto_args, tto_changes
 
 #: the exit status of a bench whose run had failed instances (2 is a usage error, as for every command)
 EXIT_FAILED = 1
@@ -61,7 +61,8 @@ def cmd_bench(args) -> int:
     if args.judge_key_env is not None:
         judge["api_key_env"] = args.judge_key_env or None
     cfg = BenchConfig(suite=args.suite, methods=_methods(args.methods), out=args.out, seeds=parse_seeds(args.seeds),
-                      limit=args.limit, reasoner=args.reasoner, teacher=args.teacher, device=args.device,
+                      limit=args.limit, reasoner=args.reasoner, teacher=args.teacher,
+                      preview_decoder=args.preview_decoder, device=args.device,
                       dtype=args.dtype, tto=tto, num_frames=args.frames, judge=judge, retry_failed=args.retry_failed,
                       teacher_eval=not args.no_teacher_eval, quiet_libraries=not args.verbose)
     summary = run_bench(cfg, executor=args.executor, workers=args.workers, ray_address=args.ray_address,
@@ -109,6 +110,7 @@ def add_bench_commands(sub) -> None:
                         "stopped and recorded as failed (default: no limit)")
     p.add_argument("--reasoner", type=Path, default=None, help="Wan pipeline folder (default: the embedded model)")
     p.add_argument("--teacher", type=Path, default=None, help="Qwen-VL folder (default: the embedded model)")
+    add_preview_decoder_arg(p)
     add_device_args(p)
     p.add_argument("--frames", type=int, default=None, help="video length 4k+1 (default: the task's, else the model's)")
     add_tto_args(p)

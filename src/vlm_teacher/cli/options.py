@@ -15,7 +15,16 @@ TTO_FLAGS = {"steps": "max_steps", "fixed_steps": "fixed_steps", "tau": "tau", "
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reasoner", required=True, type=Path, help="Wan pipeline folder (diffusers layout)")
     p.add_argument("--teacher", required=True, type=Path, help="Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE / InternVL3 (-hf) folder (transformers layout)")
+    add_preview_decoder_arg(p)
     add_device_args(p)
+
+
+def add_preview_decoder_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preview-decoder", type=Path, default=None, metavar="FILE",
+                   help="decode the teacher's preview with this surrogate decoder (.safetensors made by `vlm-teacher "
+                        "train surrogate`, e.g. src/vlm_teacher/embedded/grid-wan-surrogate/surrogate_decoder"
+                        ".safetensors for the embedded reasoner); the final video always uses the full VAE "
+                        "(default: the full VAE for the preview too)")
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:
