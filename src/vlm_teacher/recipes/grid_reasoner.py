@@ -514,8 +514,9 @@ def _train_loop(name: str, loop: LoopSettings, models, opt, params, run_state: d
         if plan.update(step, elapsed()):
             log.write(stage=name, event="plan", step=step, planned=plan.planned,
                       seconds_per_step=round(elapsed() / step, 3), budget_s=round(budget_s, 1))
-        if bar.total != plan.expected_total(step, elapsed()):
-            bar.total = plan.expected_total(step, elapsed())
+        shown = plan.expected_total(step, elapsed())
+        if bar.total != shown:
+            bar.total = shown
             bar.refresh()
         if step % loop.checkpoint_every == 0 and step < plan.total:
             ckpt.save(models, state(), opt)

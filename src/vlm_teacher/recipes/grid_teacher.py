@@ -229,12 +229,15 @@ class TrainSettings:
     align_pool: int = 1
 
 
-def _check(minutes: float, size: ModelSize, data: DataSettings, train: TrainSettings, folders: Folders,
-           videos: VideoJobs) -> None:
+def _check(minutes: float, eval_minutes: float, size: ModelSize, data: DataSettings, train: TrainSettings,
+           folders: Folders, videos: VideoJobs) -> None:
     for flag, value in (("minutes", minutes), ("batch", data.batch), ("train-tasks", data.train_tasks),
                         ("vocab", size.vocab), ("hidden", size.hidden), ("layers", size.layers), ("lr", train.lr)):
         if value <= 0:
             raise UserError(f"--{flag} must be positive, got {value}")
+    if not folders.eval_only and minutes <= eval_minutes:
+        raise UserError(f"--minutes {minutes:g} leaves no training time: --eval-minutes {eval_minutes:g} "
+                        "of it is kept back for the evaluation; give more --minutes (or fewer --eval-minutes)")
     if train.steps is not None and train.steps <= 0:
         raise UserError(f"--steps must be positive, got {train.steps}")
     if videos.tto_jobs and not folders.eval_only:
@@ -939,10 +942,7 @@ def run(args) -> int:
     videos = pick(VideoJobs, args, reasoner_minutes=args.reasoner_minutes if args.reasoner_minutes is not None
                   else args.minutes / 4)
     ev = pick(EvalSettings, args)
-    _check(args.minutes, size, data, train, folders, videos)
-    if not folders.eval_only and args.minutes <= args.eval_minutes:
-        raise UserError(f"--minutes {args.minutes:g} leaves no training time: --eval-minutes {args.eval_minutes:g} "
-                        "of it is kept back for the evaluation; give more --minutes (or fewer --eval-minutes)")
+    _check(args.minutes, args.eval_minutes, size, data, train, folders, videos)
     torch.set_num_threads(max(1, args.threads))
     command = _command(args)
 

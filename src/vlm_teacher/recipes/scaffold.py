@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from ..errors import UserError
 from ..files import atomic_path
 
 
@@ -107,8 +108,6 @@ class WorkLock:
     def __enter__(self) -> "WorkLock":
         import fcntl
         import os
-
-        from ..errors import UserError
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+", encoding="utf-8")
