@@ -292,3 +292,19 @@ def test_noise_levels_keep_the_original_mix_by_default_and_all_ones_at_share_one
     picked = torch.isin(s, torch.tensor([0.9, 0.7, 0.4]))
     assert abs((s == 1).float().mean().item() - 0.3) < 0.02 and abs(picked.float().mean().item() - 0.3) < 0.02
     assert bool((sample_sigmas(500, [1.0, 0.9, 0.0], 3.0, one_share=1.0) == 1).all())
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1"])
+def test_dit_loss_chooses_the_error_the_transformer_descends(tmp_path, loss):
+    """``--dit-loss``: with no object weighting the logged loss is the mean of the chosen error; the
+    logged ``mse`` stays the squared error either way, so runs with different losses compare."""
+    out = tmp_path / loss
+    assert _train(out, "--dit-loss", loss, "--dit-object-weight", "0") == 0
+    steps = [r for r in _log(out) if r.get("stage") == "transformer" and "loss" in r and "mse" in r]
+    assert steps
+    for r in steps:
+        if loss == "mse":
+            assert r["loss"] == pytest.approx(r["mse"], rel=1e-5)
+        else:  # mean |d| <= sqrt(mean d^2), and they differ for any non-constant error
+            assert r["loss"] <= r["mse"] ** 0.5 + 1e-6 and r["loss"] != pytest.approx(r["mse"], rel=1e-3)
+    assert json.loads((out / "config.json").read_text())["dit_loss"] == loss  # a resume must use the same loss

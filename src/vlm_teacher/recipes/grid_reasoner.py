@@ -89,7 +89,7 @@ ARCH_KEYS = ("seed", "train_tasks", "vae_base_dim", "vae_steps", "vae_batch", "v
              "vae_clip_crop", "vae_temporal",
              "vae_kl", "vae_object_weight", "vae_code_weight",
              "decoder_steps", "decoder_batch", "decoder_lr", "decoder_object_weight",
-             "dit_steps", "dit_batch", "dit_lr", "dit_object_weight", "dit_sigma_one", "dit_layers", "dit_heads",
+             "dit_steps", "dit_batch", "dit_lr", "dit_object_weight", "dit_sigma_one", "dit_loss", "dit_layers", "dit_heads",
              "dit_head_dim", "dit_ffn",
              "text_dim", "text_layers", "text_heads", "flow_shift", "sampler_steps", "max_sequence_length",
              "init_from", "vae_from")
@@ -170,6 +170,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dit-sigma-one", type=float, default=0.3,
                    help="share of training examples at noise level 1, the only level a 1-step sampler uses "
                         "(default %(default)s; the rest: see sample_sigmas)")
+    g.add_argument("--dit-loss", choices=("mse", "l1"), default="mse",
+                   help="per-element error of the flow-matching loss (default %(default)s). At noise level 1 "
+                        "the squared error's optimum is the conditional mean, which draws a blend of the cells "
+                        "the agent may move to; the absolute error's is the median, the likelier of two "
+                        "(benchmarks/results/grid.md, issue 14's third pass)")
     g.add_argument("--dit-layers", type=int, default=6)
     g.add_argument("--dit-heads", type=int, default=4)
     g.add_argument("--dit-head-dim", type=int, default=24)
@@ -277,6 +282,7 @@ class TransformerSettings:
     lr: float
     object_weight: float
     sigma_one: float
+    loss: str
     budget_s: float
 
 
@@ -717,13 +723,15 @@ def train_transformer(dit: TransformerSettings, shape: ModelShape, loop: LoopSet
         xt = flow.pin_first_frame(flow.noisy(x0, eps, s), x0[:, :, :1])  # frame 0 = the clean first-frame latent
         ts = flow.timesteps(s, reasoner.num_train_timesteps, tokens, device=device)
         v = tr(hidden_states=xt, timestep=ts, encoder_hidden_states=prompt_table[p_idx[idx]], return_dict=False)[0]
-        err = (v.float() - flow.velocity_target(x0, eps))[:, :, 1:] ** 2  # the output on frame 0 is discarded
+        diff = (v.float() - flow.velocity_target(x0, eps))[:, :, 1:]  # the output on frame 0 is discarded
+        sq = diff ** 2
+        err = sq if dit.loss == "mse" else diff.abs()
         w = w_all[idx][:, :, 1:]
         with torch.no_grad():
-            at_one = s == 1.0
-            loss_one = err[at_one].mean().item() if at_one.any() else None
-        loss = (w * err).sum() / (w.sum() * err.shape[1])  # a weighted mean: plain MSE when the weight is 0
-        return loss, {"loss_sigma1": loss_one, "mse": err.mean().item()}
+            at_one = s == 1.0  # logged as the squared error whatever the loss, so runs compare
+            loss_one = sq[at_one].mean().item() if at_one.any() else None
+        loss = (w * err).sum() / (w.sum() * err.shape[1])  # a weighted mean: the plain one when the weight is 0
+        return loss, {"loss_sigma1": loss_one, "mse": sq.mean().item()}
 
     finished = _train_loop("transformer", loop, models, opt, list(tr.parameters()), run_state, ckpt, log,
                            steps=dit.steps, base_lr=dit.lr, warmup=min(100, dit.steps // 5 + 1),
