@@ -114,6 +114,27 @@ def test_grid_vae_roundtrip_writes_its_table(tmp_path, tiny_wan_dir):
     assert rows[0]["tasks"] == 2 and 0.0 <= rows[0]["pass"] <= 1.0
 
 
+def test_grid_validation_script_uses_tasks_the_recipe_never_trains_on(tmp_path, tiny_wan_dir):
+    """Its tasks start at the recipe's --train-tasks (800 by default), so choosing between runs with it
+    never looks at grid:test or at a training task; it counts every task and names the broken rules."""
+    import argparse
+
+    from vlm_teacher.recipes.grid_reasoner import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert p.parse_args(["--out", "x"]).train_tasks == 800
+    _run("grid_validation.py", str(tiny_wan_dir), "--tasks", "1", "--out", str(tmp_path / "val"))
+    rows = json.loads((tmp_path / "val.json").read_text())["rows"]
+    assert rows[0]["tasks"] == 2 and 0.0 <= rows[0]["pass_rate"] <= 1.0
+    assert json.loads((tmp_path / "val.json").read_text())["start"] == 800
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from grid_validation import first_rule
+
+    assert first_rule("frame 1: 2 agents visible (expected exactly 1)") == "2 agents visible"
+    assert first_rule("frame 3: cell (4,5) centre has an unknown colour rgb(1,2,3)") == "unknown colour"
+
+
 def test_grid_preview_table_counts_only_tasks_every_method_covers():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from grid_preview_table import table
