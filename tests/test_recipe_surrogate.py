@@ -123,7 +123,8 @@ shipped = pytest.mark.skipif(not (SHIPPED_DIR / FILE_NAME).is_file(), reason="no
 @shipped
 def test_shipped_surrogate_fits_the_embedded_vae_and_its_card():
     """Loaded as a user would, the shipped surrogate reproduces its card's held-out figures on the
-    first test task of each family (verdicts and PSNR of its frames against the VAE's)."""
+    ground-truth latents of the first test task of each family (verdicts and PSNR of its frames against
+    the VAE's), and agrees with the VAE on the embedded reasoner's own latents for those tasks."""
     from vlm_teacher.embedded import REASONER_DIR, ROOT
     from vlm_teacher.reasoner import load_reasoner
     from vlm_teacher.recipes.grid_surrogate import compare, held_out_latents, surrogate_frames, vae_frames
@@ -145,9 +146,13 @@ def test_shipped_surrogate_fits_the_embedded_vae_and_its_card():
         if source == "reasoner_lora":  # its random LoRA depends on how many tasks the card drew
             continue
         row = compare(task, vae_frames(reasoner, z)[0], surrogate_frames(reasoner.preview_decoder, z, "cpu")[0])
-        want = card[(source, task.id)]
-        assert (row["vae_passed"], row["surrogate_passed"]) == (want["vae_passed"], want["surrogate_passed"])
-        assert row["psnr_db"] == pytest.approx(want["psnr_db"], abs=0.5)
+        if source == "ground_truth":  # a property of the VAE alone, which vae_id pins: the card's figures
+            want = card[(source, task.id)]
+            assert (row["vae_passed"], row["surrogate_passed"]) == (want["vae_passed"], want["surrogate_passed"])
+            assert row["psnr_db"] == pytest.approx(want["psnr_db"], abs=0.5)
+        else:  # the frozen reasoner's latents follow its transformer, retrained more often than the VAE
+            # (the card names the reasoner it was measured with): the two decoders must agree on them
+            assert row["vae_passed"] == row["surrogate_passed"], (source, task.id, row)
         assert row["psnr_db"] > 20, (source, task.id, row)  # an untrained surrogate scores about 7 dB
         checked += 1
     assert checked == 4
