@@ -308,3 +308,16 @@ def test_dit_loss_chooses_the_error_the_transformer_descends(tmp_path, loss):
         else:  # mean |d| <= sqrt(mean d^2), and they differ for any non-constant error
             assert r["loss"] <= r["mse"] ** 0.5 + 1e-6 and r["loss"] != pytest.approx(r["mse"], rel=1e-3)
     assert json.loads((out / "config.json").read_text())["dit_loss"] == loss  # a resume must use the same loss
+
+
+def test_a_run_saved_before_dit_loss_existed_resumes_as_mse(tmp_path):
+    """A checkpoint whose config.json predates ``--dit-loss`` was trained with the squared error: it
+    resumes with the default and is refused with the other loss."""
+    out = tmp_path / "old"
+    assert _train(out, "--stop-after", "1") == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["dit_loss"]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="dit_loss"):
+        _train(out, "--resume", "--dit-loss", "l1")
+    assert _train(out, "--resume") == 0

@@ -95,10 +95,12 @@ ARCH_KEYS = ("seed", "train_tasks", "vae_base_dim", "vae_steps", "vae_batch", "v
              "vae_clip_crop", "vae_temporal",
              "vae_kl", "vae_object_weight", "vae_code_weight",
              "decoder_steps", "decoder_batch", "decoder_lr", "decoder_object_weight",
-             "dit_steps", "dit_batch", "dit_lr", "dit_object_weight", "dit_sigma_one", "dit_loss", "dit_layers", "dit_heads",
-             "dit_head_dim", "dit_ffn",
+             "dit_steps", "dit_batch", "dit_lr", "dit_object_weight", "dit_sigma_one", "dit_loss", "dit_layers",
+             "dit_heads", "dit_head_dim", "dit_ffn",
              "text_dim", "text_layers", "text_heads", "flow_shift", "sampler_steps", "max_sequence_length",
              "init_from", "vae_from")
+#: model-shaping options added after runs were made with the recipe: a run saved without one used this value
+ADDED_LATER = {"dit_loss": "mse"}
 NUM_FRAMES, SIZE, FPS = 9, 96, 8
 TRAINED = ("vae", "transformer")
 
@@ -1041,7 +1043,7 @@ def _resume_state(out: Path, ckpt: Checkpoint, current: dict[str, Any], *, resum
         raise UserError(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume first")
     run_state = ckpt.load_state()
     saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    changed = [k for k in ARCH_KEYS if saved.get(k) != current.get(k)]
+    changed = [k for k in ARCH_KEYS if saved.get(k, ADDED_LATER.get(k)) != current.get(k)]
     if changed:
         raise UserError(f"--resume with different settings than the checkpoint: {', '.join(changed)}; "
                         "use the original arguments or another --out")
