@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,8 +84,8 @@ from ..errors import UserError
 from ..files import atomic_folder, write_json, write_text
 from ..optimize import MODEL_TTO_FILE
 from ..runtime import machine_line
-from .scaffold import (JsonlLog, StepPlan, WorkLock, apply_update, command_record, load_optimizer, optimizer_tensors,
-                       pick, save_safetensors, warmup_cosine)
+from .scaffold import (JsonlLog, StepPlan, WorkLock, apply_update, changed_settings, command_record, config_record,
+                       export_folder, load_optimizer, optimizer_tensors, pick, save_safetensors, warmup_cosine)
 
 STAGES = ("vae", "decoder", "latents", "transformer", "done")
 METRICS_NAME = "metrics.json"  # the figures the card is generated from, beside the weights
@@ -940,11 +939,6 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
 
 
-def _config(args) -> dict[str, Any]:
-    """The arguments as ``config.json`` stores them (paths as text), so a resume compares like with like."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-
-
 # ---------------------------------------------------------------------------- run
 def run(args) -> int:
     """The whole recipe; torch's thread count is restored afterwards (the recipe may run inside tests)."""
@@ -968,13 +962,13 @@ def _run(args) -> int:
     dit = pick(TransformerSettings, args, "dit_",
                 budget_s=args.minutes * 60 * (1 - vae_share(origin, args.vae_share)))
     ckpt = Checkpoint(args.out)
-    _resume_state(args.out, ckpt, _config(args), resume=args.resume)  # refuse a bad --resume before loading
+    _resume_state(args.out, ckpt, config_record(args), resume=args.resume)  # refuse a bad --resume before loading
     # models first: a bad --init-from / --vae-from folder fails before anything is written
     models = build_models(shape)
     start = take_from_folder(origin, shape, models) if origin else None
     with WorkLock(args.out, "`vlm-teacher train reasoner`"):
         # read again under the lock: another trainer may have moved the checkpoint on meanwhile
-        run_state = _resume_state(args.out, ckpt, _config(args), resume=args.resume)
+        run_state = _resume_state(args.out, ckpt, config_record(args), resume=args.resume)
         return _train_and_ship(args, t_start, device, shape, loop, vae, decoder, dit, ckpt, run_state, models,
                                start)
 
@@ -984,7 +978,7 @@ def _train_and_ship(args, t_start: float, device, shape: ModelShape, loop: LoopS
                     start) -> int:
     """Everything that writes into --out (held under its WorkLock): the stages, the folder, its figures."""
     if not args.resume:
-        run_state = _begin(args.out, _config(args), models, ckpt, start, decoder=decoder.budget_s > 0)
+        run_state = _begin(args.out, config_record(args), models, ckpt, start, decoder=decoder.budget_s > 0)
     log = JsonlLog(args.out / "log.jsonl")
     log.write(event="start", resume=bool(args.resume), stage=run_state["stage"], step=run_state.get("step", 0),
               command=_command(args) + (" --resume" if args.resume else ""))
@@ -1012,7 +1006,7 @@ def _train_and_ship(args, t_start: float, device, shape: ModelShape, loop: LoopS
     write_json(folder / METRICS_NAME, metrics)
     write_text(folder / "MODEL_CARD.md", model_card(metrics))
     if args.export is not None:
-        _export(folder, Path(args.export))
+        export_folder(folder, Path(args.export))
     ev = metrics.get("evaluation")
     if ev:
         print(f"test pass rate {ev['test']['pass_rate']:.2f} (mean score {ev['test']['mean_score']:.3f}); "
@@ -1034,7 +1028,7 @@ def time_summary(training: dict[str, Any]) -> str:
 
 def _resume_state(out: Path, ckpt: Checkpoint, current: dict[str, Any], *, resume: bool) -> dict[str, Any] | None:
     """The checkpoint's state for --resume (refused when the model-shaping settings in ``current``, the
-    run's ``_config``, changed); None for a fresh run."""
+    run's ``config_record``, changed); None for a fresh run."""
     if not resume:
         if ckpt.exists() or (out / "log.jsonl").exists():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -1043,7 +1037,7 @@ def _resume_state(out: Path, ckpt: Checkpoint, current: dict[str, Any], *, resum
         raise UserError(f"--resume: no checkpoint in {out / 'checkpoint'}; run without --resume first")
     run_state = ckpt.load_state()
     saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    changed = [k for k in ARCH_KEYS if saved.get(k, ADDED_LATER.get(k)) != current.get(k)]
+    changed = changed_settings(saved, current, ARCH_KEYS, ADDED_LATER)
     if changed:
         raise UserError(f"--resume with different settings than the checkpoint: {', '.join(changed)}; "
                         "use the original arguments or another --out")
@@ -1126,10 +1120,3 @@ def _metrics(models, cache, run_state, start, folder: Path, log: JsonlLog, *, sh
     metrics["training"]["train_minutes"] = (run_state["vae_seconds"] + run_state["dec_seconds"]
                                             + run_state["dit_seconds"]) / 60
     return metrics
-
-
-def _export(folder: Path, export: Path) -> None:
-    if export.exists():
-        shutil.rmtree(export)
-    shutil.copytree(folder, export)
-    print(f"exported the model to {export}")

@@ -60,9 +60,8 @@ import torch
 from ..errors import UserError
 from ..files import write_json, write_text
 from ..runtime import machine_line
-from .grid_reasoner import _config, _export
-from .scaffold import (JsonlLog, ModuleCheckpoint, StepPlan, WorkLock, apply_update, command_record, save_safetensors,
-                       warmup_cosine)
+from .scaffold import (JsonlLog, ModuleCheckpoint, StepPlan, WorkLock, apply_update, changed_settings, command_record,
+                       config_record, export_folder, save_safetensors, warmup_cosine)
 
 FILE_NAME = "surrogate_decoder.safetensors"
 METRICS_NAME = "metrics.json"
@@ -610,12 +609,12 @@ def _start(args, ckpt: ModuleCheckpoint) -> None:
         if ckpt.exists() or (args.out / "log.jsonl").exists():
             raise UserError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
         args.out.mkdir(parents=True, exist_ok=True)
-        write_json(config_path, _config(args))
+        write_json(config_path, config_record(args))
         return
     if not config_path.is_file():
         raise UserError(f"--resume: no run in {args.out}; run without --resume first")
     saved = json.loads(config_path.read_text(encoding="utf-8"))
-    changed = [k for k in ARCH_KEYS if saved.get(k) != _config(args).get(k)]
+    changed = changed_settings(saved, config_record(args), ARCH_KEYS)
     if changed:
         raise UserError(f"--resume with different settings than the run in {args.out}: {', '.join(changed)}; "
                         "use the original arguments or another --out")
@@ -708,7 +707,7 @@ def _run(args) -> int:
         write_json(model_dir / METRICS_NAME, metrics)
         write_text(model_dir / "MODEL_CARD.md", model_card(metrics))
         if args.export is not None:
-            _export(model_dir, Path(args.export))
+            export_folder(model_dir, Path(args.export))
         if args.eval_tasks > 0:
             ev = metrics["evaluation"]
             print(f"verdict agreement with the VAE: test {ev['test']['all']['agreement']:.2f}, "

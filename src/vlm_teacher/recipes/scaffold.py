@@ -1,11 +1,13 @@
 """What the recipes share: the JSONL log, safetensors files written atomically, the
-learning-rate schedule, the time-budget planner, the command record and the settings picker."""
+learning-rate schedule, the time-budget planner, the command record, the run's config record and
+its resume check, the export of a finished folder and the settings picker."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import shutil
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -155,6 +157,27 @@ def command_record(words: str, args: argparse.Namespace, add_arguments: Callable
         else:
             parts += [flag, str(value)]
     return " ".join(parts)
+
+
+def config_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments as a run's ``config.json`` stores them (paths as text), so a resume compares like with like."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+
+
+def changed_settings(saved: dict[str, Any], current: dict[str, Any], keys: Iterable[str],
+                     added_later: dict[str, Any] | None = None) -> list[str]:
+    """The model-shaping ``keys`` whose value differs between a saved run's config and this one.
+    ``added_later``: options that did not exist when older runs were saved, with the value such a run used."""
+    added_later = added_later or {}
+    return [k for k in keys if saved.get(k, added_later.get(k)) != current.get(k)]
+
+
+def export_folder(folder: Path, export: Path) -> None:
+    """Replace ``export`` with a copy of the finished model ``folder`` (e.g. into src/vlm_teacher/embedded)."""
+    if export.exists():
+        shutil.rmtree(export)
+    shutil.copytree(folder, export)
+    print(f"exported the model to {export}")
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
