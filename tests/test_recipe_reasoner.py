@@ -174,6 +174,11 @@ def test_init_from_continues_the_transformer_on_the_folders_vae(straight_run, tm
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a if not k.startswith("transformer."))
     assert any(not np.array_equal(a[k], b[k]) for k in a if k.startswith("transformer."))
+    # and the VAE's files are byte-identical: no load path of the run is written into its config
+    assert (src / "vae" / "config.json").read_bytes() == (out / "model" / "vae" / "config.json").read_bytes()
+    for part in ("vae", "transformer"):
+        name = json.loads((out / "model" / part / "config.json").read_text())["_name_or_path"]
+        assert str(tmp_path) not in name and name.endswith(f"grid-wan/{part}")
     metrics = json.loads((out / "model" / "metrics.json").read_text())
     start = metrics["training"]["start"]
     made_by = json.loads((src / "metrics.json").read_text())["training"]["command"]

@@ -145,6 +145,41 @@ def test_test_time_loop_samples_are_labelled_by_their_own_final_video(tmp_path, 
         ReasonerSample(task=task, seed=3, preview=sample.preview, final=sample.final, kind="tta")
 
 
+def test_latent_attacks_move_the_preview_and_are_labelled_by_the_verifier(grid_wan_dir):
+    """``attack_example``: the reasoner's first-step latent moved down the teacher's loss, decoded whole,
+    first frame kept, answers read by the verifier from the decoded video, the same for the same draw."""
+    from vlm_teacher.reasoner import load_reasoner
+    from vlm_teacher.recipes.teacher_data import AttackSettings, attack_example, run_reasoner
+    from vlm_teacher.teacher import load_teacher
+
+    reasoner = load_reasoner(grid_wan_dir)
+    teacher = load_teacher(TEACHER_DIR) if (TEACHER_DIR / "config.json").is_file() else None
+    if teacher is None:
+        pytest.skip("no embedded teacher shipped")
+    task = grid_tasks("train", 1, seed=11)[0]
+    frozen = run_reasoner(reasoner, task, seed=3)
+    settings = AttackSettings(steps=2, step_size=0.2, noise=0.0)
+    ex = attack_example(reasoner, teacher, task, 3, np.random.default_rng(0), settings)
+    assert ex.source == "attack" and ex.task is task and ex.video.shape == frozen.final.shape
+    assert np.array_equal(ex.video[0], frozen.preview[0])  # the pinned first frame is never attacked
+    assert not np.array_equal(ex.video, frozen.preview)
+    assert ex.labels == answers(task, verify(task, ex.video))
+    again = attack_example(reasoner, teacher, task, 3, np.random.default_rng(0), settings)
+    assert np.array_equal(again.video, ex.video)
+
+
+def test_recipe_with_latent_attacks_resumes_to_the_same_weights(tmp_path, grid_wan_dir):
+    args = ("--reasoner", str(grid_wan_dir), "--steps", "3", "--reasoner-jobs", "2", "--eval-reasoner", "1",
+            "--attack-batch", "1", "--attack-steps", "2", "--no-eval")
+    assert _train(tmp_path / "full", *args) == 0
+    sources = [json.loads(x)["sources"] for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    assert all(s[-1] == "attack" for s in sources) and len(sources) == 3
+    assert _train(tmp_path / "cut", *args, "--stop-at", "1") == 0
+    assert _train(tmp_path / "cut", *args, "--resume") == 0
+    full, cut = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert all(np.allclose(full[k], cut[k], atol=1e-6) for k in full)
+
+
 def test_recipe_is_seeded(tmp_path):
     assert _train(tmp_path / "a", "--no-reasoner", "--steps", "2", "--no-eval") == 0
     assert _train(tmp_path / "b", "--no-reasoner", "--steps", "2", "--no-eval") == 0
@@ -255,6 +290,10 @@ def test_bad_arguments_are_user_errors(tmp_path, capsys):
     assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--tto-jobs", "4", "--no-reasoner",
                  "--init-from", str(tmp_path)]) == 2
     assert "--no-reasoner" in capsys.readouterr().err
+    assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--attack-batch", "1", "--no-reasoner"]) == 2
+    assert "--no-reasoner" in capsys.readouterr().err
+    assert main(["train", "teacher", "--out", str(tmp_path / "x"), "--attack-steps", "0"]) == 2
+    assert "--attack-steps" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the shipped teacher

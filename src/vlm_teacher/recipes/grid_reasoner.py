@@ -752,10 +752,19 @@ def train_transformer(dit: TransformerSettings, shape: ModelShape, loop: LoopSet
 
 
 # ---------------------------------------------------------------------------- save + evaluate
+#: the ``_name_or_path`` every written folder gives its diffusers components: diffusers records the path
+#: a model was loaded from, so a run started ``--init-from`` a scratch folder wrote that path into its
+#: configs; a fixed name (the shipped folder's) keeps a VAE that was not retrained byte-identical, and
+#: with it the surrogate decoder's ``vae_id``
+COMPONENT_NAME = "src/vlm_teacher/embedded/grid-wan/{}"
+
+
 def save_pipeline(shape: ModelShape, models, folder: Path) -> Path:
     """diffusers' WanPipeline.save_pretrained (safetensors) + vlm_teacher.json."""
     from diffusers import WanPipeline
 
+    for name in ("vae", "transformer"):
+        models[name].register_to_config(_name_or_path=COMPONENT_NAME.format(name))
     pipe = WanPipeline(tokenizer=models["tokenizer"], text_encoder=models["text_encoder"], vae=models["vae"],
                        scheduler=models["scheduler"], transformer=models["transformer"], expand_timesteps=True)
     with atomic_folder(folder) as tmp:

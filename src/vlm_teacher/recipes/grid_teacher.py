@@ -142,6 +142,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--align-batch", type=int, default=2, help="failing videos per step given the alignment loss")
     g.add_argument("--align-pool", type=int, default=1,
                    help="compare the two directions averaged over this many pixels square (default 1 = per pixel)")
+    g.add_argument("--attack-batch", type=int, default=0,
+                   help="latent attacks per step (teacher_data.attack_example): the reasoner's first-step latent "
+                        "of a train task pushed down the teacher's CURRENT test-time loss, decoded and labelled "
+                        "by the verifier, trained on in the same step (default 0 = none; needs a reasoner)")
+    g.add_argument("--attack-steps", type=int, default=4, help="at most this many gradient steps per attack (default 4)")
+    g.add_argument("--attack-step-size", type=float, default=0.05,
+                   help="largest root-mean-square size of one attack step on the unit-RMS latent (default 0.05)")
+    g.add_argument("--attack-noise", type=float, default=0.1,
+                   help="largest standard deviation of the random start around the frozen latent (default 0.1)")
     g.add_argument("--warmup", type=int, default=20)
     g.add_argument("--ckpt-every", type=int, default=100)
     g = p.add_argument_group("model size (a Qwen3-VL built from config)")
@@ -227,6 +236,15 @@ class TrainSettings:
     align_loss: float = 0.0
     align_batch: int = 2
     align_pool: int = 1
+    attack_batch: int = 0
+    attack_steps: int = 4
+    attack_step_size: float = 0.05
+    attack_noise: float = 0.1
+
+    def attack(self):
+        from .teacher_data import AttackSettings
+
+        return AttackSettings(steps=self.attack_steps, step_size=self.attack_step_size, noise=self.attack_noise)
 
 
 def _check(minutes: float, eval_minutes: float, size: ModelSize, data: DataSettings, train: TrainSettings,
@@ -254,6 +272,12 @@ def _check(minutes: float, eval_minutes: float, size: ModelSize, data: DataSetti
     if train.align_loss < 0 or train.align_batch < 1 or train.align_pool < 1:
         raise UserError(f"--align-loss must be >= 0, --align-batch and --align-pool >= 1, got {train.align_loss}, "
                         f"{train.align_batch} and {train.align_pool}")
+    if train.attack_batch < 0 or train.attack_steps < 1 or train.attack_step_size <= 0 or train.attack_noise < 0:
+        raise UserError(f"--attack-batch must be >= 0, --attack-steps >= 1, --attack-step-size > 0 and "
+                        f"--attack-noise >= 0, got {train.attack_batch}, {train.attack_steps}, "
+                        f"{train.attack_step_size:g} and {train.attack_noise:g}")
+    if train.attack_batch and folders.no_reasoner and not folders.eval_only:
+        raise UserError("--attack-batch attacks the teacher through a reasoner's latents: drop --no-reasoner")
     if size.hidden % size.heads or size.heads % size.kv_heads:
         raise UserError("--hidden must divide by --heads, and --heads by --kv-heads")
     if size.vision_hidden % size.vision_heads:
@@ -771,13 +795,28 @@ def _load_for_training(folder: Path, work: Path, resuming: bool, *, cell_loss: f
     return teacher, probe, params, optimizer, state
 
 
+def _attacks(reasoner, teacher, stream: Stream, step: int, seed: int, train: TrainSettings) -> list:
+    """The step's latent attacks on the teacher as it is now (``attack_example``): train tasks of the
+    stream, reasoner seeds and attack sizes drawn from (seed, step), so a resumed run repeats them."""
+    from .teacher_data import attack_example
+
+    out = []
+    for i in range(train.attack_batch):
+        rng = np.random.default_rng([seed, 6, step, i])
+        task = stream.tasks[int(rng.integers(len(stream.tasks)))]
+        out.append(attack_example(reasoner, teacher, task, int(rng.integers(10**6)), rng, train.attack()))
+    return out
+
+
 def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr: float, weights, yes_no, digits, *,
                 seed: int, contrast_goals: bool, where_loss: float, cell_loss: float, align_weight: float = 0.0,
-                align_batch: int = 2, align_pool: int = 1) -> dict[str, Any]:
-    """One optimiser step on the answer, where, cell, alignment and query losses; returns its log record."""
+                align_batch: int = 2, align_pool: int = 1, attacks: list = ()) -> dict[str, Any]:
+    """One optimiser step on the answer, where, cell, alignment and query losses; returns its log record.
+    ``attacks``: examples trained on beside the stream's (``_attacks``)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     videos, qtasks = stream.step(step)
+    videos = videos + list(attacks)
     optimizer.zero_grad(set_to_none=True)
     contrasts = [goal_contrast(ex) if contrast_goals else [] for ex in videos]
     n_answers = sum(len(v.labels) + len(c) for v, c in zip(videos, contrasts))
@@ -819,8 +858,9 @@ def _train_step(teacher, probe, params, optimizer, stream: Stream, step: int, lr
 
 
 def _train(train: TrainSettings, teacher, probe, params, optimizer, state, stream: Stream, weights, work: Path,
-           init: Path, log: JsonlLog, train_deadline: float, resuming: bool) -> int:
-    """The training loop up to --steps, the time budget or --stop-at; checkpoints on the way. Returns the step."""
+           init: Path, log: JsonlLog, train_deadline: float, resuming: bool, reasoner=None) -> int:
+    """The training loop up to --steps, the time budget or --stop-at; checkpoints on the way. Returns the step.
+    ``reasoner``: the model whose latents --attack-batch attacks."""
     from tqdm.auto import tqdm
 
     yes_no = (teacher.tokenizer.convert_tokens_to_ids("Yes"), teacher.tokenizer.convert_tokens_to_ids("No"))
@@ -840,11 +880,12 @@ def _train(train: TrainSettings, teacher, probe, params, optimizer, state, strea
             break
         ts = time.monotonic()
         progress = step / total if total else float(state["train_seconds"]) / state["train_budget"]
+        attacks = _attacks(reasoner, teacher, stream, step, train.seed, train) if train.attack_batch else []
         record = _train_step(teacher, probe, params, optimizer, stream, step,
                              lr_at(step, progress, train.lr, train.warmup), weights, yes_no, digits, seed=train.seed,
                              contrast_goals=train.goal_contrast, where_loss=train.where_loss,
                              cell_loss=train.cell_loss, align_weight=train.align_loss, align_batch=train.align_batch,
-                             align_pool=train.align_pool)
+                             align_pool=train.align_pool, attacks=attacks)
         step += 1
         seconds = time.monotonic() - ts
         state["train_seconds"] = float(state["train_seconds"]) + seconds
@@ -881,6 +922,7 @@ def _ship(out: Path, state, samples, weights, reasoner_dir: Path | None, t0: flo
         "tto_train_videos": len(tto_samples), "tto_lr": record["tto_lr"],
         "train_tasks_per_family": record["train_tasks_per_family"], "seed": record["seed"],
         "blend_share": record["blend_share"], "align_loss": record["align_loss"],
+        "attack": record["attack"],
         "wall_seconds": round(time.monotonic() - t0, 1),
         "weights_mb": round(sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6, 2),
         "class_weights": {f"{k}={'yes' if v else 'no'}": w for (k, v), w in sorted(weights.items())},
@@ -896,7 +938,9 @@ def _training_record(args, command: str) -> dict[str, Any]:
     return {"threads": args.threads, "command": command,
             "init_from": str(args.init_from) if args.init_from else None, "lineage": init_lineage(args.init_from),
             "tto_lr": args.tto_lr if args.tto_jobs else None, "train_tasks_per_family": args.train_tasks,
-            "seed": args.seed, "blend_share": args.blend_share, "align_loss": args.align_loss}
+            "seed": args.seed, "blend_share": args.blend_share, "align_loss": args.align_loss,
+            "attack": ({"batch": args.attack_batch, "steps": args.attack_steps, "step_size": args.attack_step_size,
+                        "noise": args.attack_noise} if args.attack_batch else None)}
 
 
 def _fallback_command(args) -> str:
@@ -905,7 +949,7 @@ def _fallback_command(args) -> str:
 
 
 def _train_and_save(folders: Folders, data: DataSettings, train: TrainSettings, work: Path, init: Path,
-                    resuming: bool, reasoner_examples, train_deadline: float):
+                    resuming: bool, reasoner_examples, train_deadline: float, reasoner_dir: Path | None = None):
     """The training stage: the stream, the class weights, the loop (resumed when asked) and the saved
     folder. Returns (state, weights), or None when the run stopped early at --stop-at."""
     from ..suites.grid import grid_tasks
@@ -919,8 +963,15 @@ def _train_and_save(folders: Folders, data: DataSettings, train: TrainSettings, 
                                                                   double_backprop=train.align_loss > 0)
     log = JsonlLog(work / LOG_NAME, stamp=False)
     log.keep_until(int(state["step"]))  # drop lines written after the checkpoint
+    reasoner = None
+    if train.attack_batch:
+        from ..reasoner import load_reasoner
+
+        if reasoner_dir is None:
+            raise UserError("--attack-batch needs a reasoner: give --reasoner (no embedded reasoner was found)")
+        reasoner = load_reasoner(reasoner_dir)
     step = _train(train, teacher, probe, params, optimizer, state, stream, weights, work, init, log,
-                  train_deadline=train_deadline, resuming=resuming)
+                  train_deadline=train_deadline, resuming=resuming, reasoner=reasoner)
     if step == 0:
         raise UserError(f"the time budget ran out before the first training step, so no model was written to "
                         f"{folders.out}; give more --minutes (the reasoner videos take --reasoner-minutes, by "
@@ -962,7 +1013,8 @@ def run(args) -> int:
 
         trained = _train_and_save(folders, data, train, work, init, resuming,
                                   [ex for s in train_samples + tto_samples for ex in s.examples()],
-                                  train_deadline=t0 + args.minutes * 60.0 - args.eval_minutes * 60)
+                                  train_deadline=t0 + args.minutes * 60.0 - args.eval_minutes * 60,
+                                  reasoner_dir=reasoner_dir)
         if trained is None:
             return 0
         if args.no_eval:

@@ -20,7 +20,12 @@ to the video that decides them:
   test-time loop run against a teacher (``run_tto``). Where that teacher is
   fooled, its "Yes" on a preview whose final video fails is what the loop
   exploits (reward hacking); labelled by the verifier, these are the
-  adversarial examples that teach the next teacher not to be fooled that way.
+  adversarial examples that teach the next teacher not to be fooled that way;
+- latent attacks (``attack_example``): the reasoner's first-step latent pushed
+  a few normalised gradient steps down the CURRENT teacher's test-time loss
+  (what the loop's LoRA does, without the LoRA), decoded by the reasoner's own
+  preview path and labelled by the verifier of the decoded video. Made during
+  training, so each one attacks the teacher as it is at that step.
 
 Every draw takes an explicit ``numpy.random.Generator``, so the training stream
 is a pure function of (seed, step): that is what makes a resumed run identical
@@ -306,3 +311,45 @@ def reasoner_samples(make: Callable[[GridTask, int], ReasonerSample] | None, job
         save_sample(path, sample)
         out.append(sample)
     return out
+
+
+# ---------------------------------------------------------------- latent attacks
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """How ``attack_example`` moves a latent: 1..``steps`` steps, each of root-mean-square size
+    drawn from [``step_size`` / 4, ``step_size``] (the frozen latents have unit RMS), from the
+    frozen latent plus Gaussian noise of a standard deviation drawn from [0, ``noise``]."""
+    steps: int = 4
+    step_size: float = 0.05
+    noise: float = 0.1
+    lam: float = 0.5
+
+
+def attack_example(reasoner: Any, teacher: Any, task: GridTask, seed: int, rng: np.random.Generator,
+                   settings: AttackSettings = AttackSettings()) -> Example:
+    """One latent attack on ``teacher`` (see the module docstring), as an Example labelled by the
+    verifier of the decoded video; source ``attack``. The first latent frame is never moved (the
+    reasoner pins it). The answers are those of ``task``'s own questions, the ones the attack pushed towards Yes."""
+    from ..objective import weighted_loss
+    from ..suites.grid.questions import grid_queries
+    from ..video import to_uint8
+
+    with torch.no_grad():
+        cond = reasoner.prepare(task.prompt, task.first_frame(), seed, **task.video_shape())
+        z0 = reasoner.predict_x0(cond, mode="first").float()
+    frames = list(range(reasoner.pixel_frames(z0.shape[2])))
+    queries = grid_queries(task).all
+    noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32))
+    noise[:, :, 0] = 0.0
+    z = z0 + float(rng.uniform(0.0, settings.noise)) * noise
+    for _ in range(int(rng.integers(1, settings.steps + 1))):
+        z = z.detach().requires_grad_(True)
+        loss = weighted_loss(teacher.yes_logprob(reasoner.preview(z, frames), queries), settings.lam)
+        (grad,) = torch.autograd.grad(loss, z)
+        grad[:, :, 0] = 0.0
+        size = float(rng.uniform(settings.step_size / 4, settings.step_size))
+        z = z.detach() - size * grad / grad.pow(2).mean().sqrt().clamp_min(1e-12)
+    with torch.no_grad():
+        video = to_uint8(reasoner.preview(z, frames).clamp(0, 1))
+    return labelled(task, video, "attack")

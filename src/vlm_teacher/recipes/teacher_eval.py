@@ -239,6 +239,10 @@ def write_model_card(folder: Path, figures: dict[str, Any], fallback_command: st
          + (f" Gradient alignment (`grid_teacher.align_loss`, weight {tr['align_loss']:g}): on failing videos, "
             "1 - cosine of the input gradient of the test-time loss with the direction to the ground truth, "
             "trained by double backpropagation." if tr.get("align_loss") else "")
+         + (f" Latent attacks (`teacher_data.attack_example`, {tr['attack']['batch']} per step): a train "
+            f"task's first-step reasoner latent moved up to {tr['attack']['steps']} normalised gradient steps "
+            f"(RMS up to {tr['attack']['step_size']:g}) down the teacher's own test-time loss as it is at "
+            "that step, decoded and labelled by the verifier." if tr.get("attack") else "")
          + (f" Test-time-loop videos: {tr['tto_train_videos']} runs of the loop against the previous teacher "
             f"at lr {tr['tto_lr']:g}, labelled by the verifier." if tr.get("tto_train_videos") else ""), "",
          "## The questions it writes and answers", ""]
