@@ -75,6 +75,22 @@ def test_teacher_alignment_script_counts_against_the_verifier(tmp_path):
     assert "false-Yes rate on loop previews" in out.with_suffix(".md").read_text()
 
 
+def test_latent_attack_script_judges_every_point_by_the_verifier(tmp_path):
+    from vlm_teacher.optimize import TTOConfig
+
+    out = tmp_path / "la"
+    _run("latent_attack.py", "--tasks", "1", "--steps", "2", "--step-size", "0.05", "--loop-updates", "1",
+         "--out", str(out))
+    data = json.loads(out.with_suffix(".json").read_text())
+    rows, s, tau = data["rows"], data["summary"], TTOConfig().tau
+    assert [r["task"] for r in rows] == ["maze-train-s7-00000", "push-train-s7-00000"]
+    for r in rows:
+        assert len(r["losses"]) == len(r["passed"]) == 3 and r["moved_rms"] > 0 and r["loop_rms_1"] > 0
+        assert r["fooled"] == any(lo <= tau and not ok for lo, ok in zip(r["losses"], r["passed"]))
+    assert s["fooled_within_steps"] == sum(r["fooled"] for r in rows) and s["loop_rms_1"] == [r["loop_rms_1"]
+                                                                                               for r in rows]
+
+
 def test_extra_agent_places_reads_where_a_second_agent_stands():
     """A ground-truth video has no frame with two agents; a copy of the agent square painted on an
     off-path floor cell, or left behind on the previous cell, is named as such."""
