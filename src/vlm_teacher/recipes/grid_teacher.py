@@ -967,8 +967,6 @@ def _train_and_save(folders: Folders, data: DataSettings, train: TrainSettings, 
     if train.attack_batch:
         from ..reasoner import load_reasoner
 
-        if reasoner_dir is None:
-            raise UserError("--attack-batch needs a reasoner: give --reasoner (no embedded reasoner was found)")
         reasoner = load_reasoner(reasoner_dir)
     step = _train(train, teacher, probe, params, optimizer, state, stream, weights, work, init, log,
                   train_deadline=train_deadline, resuming=resuming, reasoner=reasoner)
@@ -1000,6 +998,8 @@ def run(args) -> int:
     with WorkLock(_work_folder(folders), "`vlm-teacher train teacher`"):
         work, resuming = _prepare_work(folders)
         reasoner_dir = _reasoner_dir(folders)
+        if train.attack_batch and reasoner_dir is None and not folders.eval_only:
+            raise UserError("--attack-batch needs a reasoner: give --reasoner (no embedded reasoner was found)")
         init = _initial_model(folders, size, work)
         print(f"reasoner: {reasoner_dir}" if reasoner_dir else
               "reasoner: none available; training on ground-truth, corrupted and degraded renders only")
