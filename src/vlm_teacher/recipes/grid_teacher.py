@@ -146,7 +146,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="latent attacks per step (teacher_data.attack_example): the reasoner's first-step latent "
                         "of a train task pushed down the teacher's CURRENT test-time loss, decoded and labelled "
                         "by the verifier, trained on in the same step (default 0 = none; needs a reasoner)")
-    g.add_argument("--attack-steps", type=int, default=4, help="at most this many gradient steps per attack (default 4)")
+    g.add_argument("--attack-steps", type=int, default=4,
+                   help="at most this many gradient steps per attack (default 4)")
     g.add_argument("--attack-step-size", type=float, default=0.05,
                    help="largest root-mean-square size of one attack step on the unit-RMS latent (default 0.05)")
     g.add_argument("--attack-noise", type=float, default=0.1,
