@@ -31,27 +31,25 @@ import _common as C
 def attack_row(reasoner, teacher, task, seed: int, steps: int, step_size: float, lam: float,
                tau: float) -> dict[str, Any]:
     from vlm_teacher.objective import weighted_loss
+    from vlm_teacher.recipes.teacher_data import attack_step, first_step_latent
     from vlm_teacher.suites.grid import verify
     from vlm_teacher.suites.grid.questions import grid_queries
     from vlm_teacher.video import to_uint8
 
-    with torch.no_grad():
-        cond = reasoner.prepare(task.prompt, task.first_frame(), seed, **task.video_shape())
-        z0 = reasoner.predict_x0(cond, mode="first").float()
-    frames = list(range(cond.num_frames))
+    _, z0 = first_step_latent(reasoner, task, seed)
     queries = grid_queries(task).all
-    z, losses, passed = z0.clone(), [], []
-    for i in range(steps + 1):
-        z = z.detach().requires_grad_(True)
-        video = reasoner.preview(z, frames)
-        loss = weighted_loss(teacher.yes_logprob(video, queries), lam)
-        losses.append(round(float(loss.detach()), 4))
-        passed.append(bool(verify(task, to_uint8(video.detach().clamp(0, 1))).passed))
-        if i == steps:
-            break
-        (grad,) = torch.autograd.grad(loss, z)
-        grad[:, :, 0] = 0.0
-        z = z.detach() - step_size * grad / grad.pow(2).mean().sqrt().clamp_min(1e-12)
+    z, losses, shown = z0.float(), [], []
+    for _ in range(steps):
+        z_next, loss, frames = attack_step(reasoner, teacher, z, queries, step_size, lam)
+        losses.append(loss)
+        shown.append(frames)
+        z = z_next
+    with torch.no_grad():  # the last point is judged, not stepped from
+        frames = reasoner.preview(z, range(reasoner.pixel_frames(z.shape[2])))
+        losses.append(float(weighted_loss(teacher.yes_logprob(frames, queries), lam)))
+        shown.append(frames)
+    losses = [round(x, 4) for x in losses]
+    passed = [bool(verify(task, to_uint8(f.clamp(0, 1))).passed) for f in shown]
     fooled = [lo <= tau and not ok for lo, ok in zip(losses, passed)]
     return {"task": task.id, "losses": losses, "passed": passed, "start_loss": losses[0],
             "min_loss": min(losses), "fooled_at_start": fooled[0], "fooled": any(fooled),
@@ -61,17 +59,15 @@ def attack_row(reasoner, teacher, task, seed: int, steps: int, step_size: float,
 
 def loop_distance(reasoner, teacher, task, seed: int, updates: int, lr: float, reasoner_dir: str) -> float:
     from vlm_teacher.optimize import teach, tto_config
+    from vlm_teacher.recipes.teacher_data import first_step_latent
     from vlm_teacher.suites.grid.questions import grid_queries
 
-    cond = reasoner.prepare(task.prompt, task.first_frame(), seed, **task.video_shape())
-    with torch.no_grad():
-        z0 = reasoner.predict_x0(cond, mode="first")
+    _, z0 = first_step_latent(reasoner, task, seed)
     cfg = tto_config({"lr": lr, "fixed_steps": updates}, reasoner_dir)
     try:
         teach(reasoner, teacher, task.to_task(), cfg, seed=seed, queries=grid_queries(task), progress=False,
               **task.video_shape())
-        with torch.no_grad():
-            z1 = reasoner.predict_x0(cond, mode="first")  # the LoRA is still on
+        _, z1 = first_step_latent(reasoner, task, seed)  # the LoRA is still on
     finally:
         reasoner.remove_lora()
     return round(float((z1 - z0)[:, :, 1:].pow(2).mean().sqrt()), 4)

@@ -212,16 +212,23 @@ def is_preview(source: str) -> bool:
     return source.endswith("_preview")
 
 
+@torch.no_grad()
+def first_step_latent(reasoner: Any, task: GridTask, seed: int) -> tuple[Any, torch.Tensor]:
+    """The conditioning of (task, seed) and the reasoner's first-step x0_hat for it, as the
+    reasoner is now (LoRA included): the latent the test-time loop previews."""
+    cond = reasoner.prepare(task.prompt, task.first_frame(), seed, **task.video_shape())
+    return cond, reasoner.predict_x0(cond, mode="first")
+
+
 def _preview(reasoner: Any, task: GridTask, seed: int, shown: int) -> tuple[Any, np.ndarray]:
     """The conditioning of (task, seed) and the K frames the test-time loop shows the teacher
-    for it: the first-step x0_hat of the reasoner as it is now (LoRA included), decoded."""
+    for it: ``first_step_latent``, decoded."""
     from ..reasoner.base import uniform_frame_indices
     from ..video import to_uint8
 
+    cond, x0 = first_step_latent(reasoner, task, seed)
     with torch.no_grad():
-        cond = reasoner.prepare(task.prompt, task.first_frame(), seed, **task.video_shape())
-        idx = uniform_frame_indices(cond.num_frames, shown)
-        preview = reasoner.preview(reasoner.predict_x0(cond, mode="first"), idx)
+        preview = reasoner.preview(x0, uniform_frame_indices(cond.num_frames, shown))
     return cond, to_uint8(preview.clamp(0, 1))
 
 
@@ -326,30 +333,40 @@ class AttackSettings:
     lam: float = 0.5
 
 
+def attack_step(reasoner: Any, teacher: Any, z: torch.Tensor, queries, size: float,
+                lam: float = 0.5) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """One normalised gradient step of root-mean-square ``size`` down the teacher's test-time loss
+    (``objective.weighted_loss`` of ``queries``) at the latent ``z``, decoded whole by the reasoner's
+    preview path; the first latent frame (the reasoner pins it) is never moved. Returns the next
+    latent, the loss at ``z`` and the frames decoded at ``z`` (detached)."""
+    from ..objective import weighted_loss
+
+    z = z.detach().float().requires_grad_(True)
+    frames = reasoner.preview(z, range(reasoner.pixel_frames(z.shape[2])))
+    loss = weighted_loss(teacher.yes_logprob(frames, queries), lam)
+    (grad,) = torch.autograd.grad(loss, z)
+    grad[:, :, 0] = 0.0
+    step = size * grad / grad.pow(2).mean().sqrt().clamp_min(1e-12)
+    return (z - step).detach(), float(loss.detach()), frames.detach()
+
+
 def attack_example(reasoner: Any, teacher: Any, task: GridTask, seed: int, rng: np.random.Generator,
                    settings: AttackSettings = AttackSettings()) -> Example:
-    """One latent attack on ``teacher`` (see the module docstring), as an Example labelled by the
-    verifier of the decoded video; source ``attack``. The first latent frame is never moved (the
-    reasoner pins it). The answers are those of ``task``'s own questions, the ones the attack pushed towards Yes."""
-    from ..objective import weighted_loss
+    """One latent attack on ``teacher`` (see the module docstring): ``attack_step`` from
+    ``first_step_latent`` plus noise, as an Example labelled by the verifier of the decoded video;
+    source ``attack``. The answers are those of ``task``'s own questions, the ones the attack pushed
+    towards Yes."""
     from ..suites.grid.questions import grid_queries
     from ..video import to_uint8
 
-    with torch.no_grad():
-        cond = reasoner.prepare(task.prompt, task.first_frame(), seed, **task.video_shape())
-        z0 = reasoner.predict_x0(cond, mode="first").float()
-    frames = list(range(reasoner.pixel_frames(z0.shape[2])))
+    _, z0 = first_step_latent(reasoner, task, seed)
     queries = grid_queries(task).all
     noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32))
     noise[:, :, 0] = 0.0
-    z = z0 + float(rng.uniform(0.0, settings.noise)) * noise
+    z = z0.float() + float(rng.uniform(0.0, settings.noise)) * noise
     for _ in range(int(rng.integers(1, settings.steps + 1))):
-        z = z.detach().requires_grad_(True)
-        loss = weighted_loss(teacher.yes_logprob(reasoner.preview(z, frames), queries), settings.lam)
-        (grad,) = torch.autograd.grad(loss, z)
-        grad[:, :, 0] = 0.0
         size = float(rng.uniform(settings.step_size / 4, settings.step_size))
-        z = z.detach() - size * grad / grad.pow(2).mean().sqrt().clamp_min(1e-12)
+        z, _, _ = attack_step(reasoner, teacher, z, queries, size, settings.lam)
     with torch.no_grad():
-        video = to_uint8(reasoner.preview(z, frames).clamp(0, 1))
+        video = to_uint8(reasoner.preview(z, range(reasoner.pixel_frames(z.shape[2]))).clamp(0, 1))
     return labelled(task, video, "attack")
