@@ -225,7 +225,7 @@ def test_shipped_embedded_reasoner_generates_a_grid_video():
     assert metrics["training"]["command"] in card
     reasoner = load_reasoner(REASONER_DIR)
     # the card's per-task verifier scores (seed 0), reproduced on one task of each family; the card's
-    # test mean is 0.776 and these two score 0.84 and 0.78 there, while random weights score about
+    # test mean is 0.925 and these two score 1.00 and 0.94 there, while random weights score about
     # 0.25: a mean of 0.6 is out of an untrained model's reach
     card = {t["id"]: t["score"] for t in metrics["evaluation"]["test"]["per_task"]}
     scores = []
