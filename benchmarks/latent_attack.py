@@ -28,10 +28,14 @@ import torch
 import _common as C
 
 
+def latent_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Root-mean-square distance of two latents over the frames the loop can move (not frame 0)."""
+    return round(float((a - b)[:, :, 1:].pow(2).mean().sqrt()), 4)
+
+
 def attack_row(reasoner, teacher, task, seed: int, steps: int, step_size: float, lam: float,
                tau: float) -> dict[str, Any]:
-    from vlm_teacher.objective import weighted_loss
-    from vlm_teacher.recipes.teacher_data import attack_step, first_step_latent
+    from vlm_teacher.recipes.teacher_data import attack_loss, attack_step, first_step_latent
     from vlm_teacher.suites.grid import verify
     from vlm_teacher.suites.grid.questions import grid_queries
     from vlm_teacher.video import to_uint8
@@ -45,8 +49,8 @@ def attack_row(reasoner, teacher, task, seed: int, steps: int, step_size: float,
         shown.append(frames)
         z = z_next
     with torch.no_grad():  # the last point is judged, not stepped from
-        frames = reasoner.preview(z, range(reasoner.pixel_frames(z.shape[2])))
-        losses.append(float(weighted_loss(teacher.yes_logprob(frames, queries), lam)))
+        loss, frames = attack_loss(reasoner, teacher, z, queries, lam)
+        losses.append(float(loss))
         shown.append(frames)
     losses = [round(x, 4) for x in losses]
     passed = [bool(verify(task, to_uint8(f.clamp(0, 1))).passed) for f in shown]
@@ -54,7 +58,7 @@ def attack_row(reasoner, teacher, task, seed: int, steps: int, step_size: float,
     return {"task": task.id, "losses": losses, "passed": passed, "start_loss": losses[0],
             "min_loss": min(losses), "fooled_at_start": fooled[0], "fooled": any(fooled),
             "first_fooled": fooled.index(True) if any(fooled) else None,
-            "moved_rms": round(float((z - z0)[:, :, 1:].pow(2).mean().sqrt()), 4)}
+            "moved_rms": latent_rms(z, z0)}
 
 
 def loop_distance(reasoner, teacher, task, seed: int, updates: int, lr: float, reasoner_dir: str) -> float:
@@ -70,7 +74,7 @@ def loop_distance(reasoner, teacher, task, seed: int, updates: int, lr: float, r
         _, z1 = first_step_latent(reasoner, task, seed)  # the LoRA is still on
     finally:
         reasoner.remove_lora()
-    return round(float((z1 - z0)[:, :, 1:].pow(2).mean().sqrt()), 4)
+    return latent_rms(z1, z0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -333,17 +333,28 @@ class AttackSettings:
     lam: float = 0.5
 
 
-def attack_step(reasoner: Any, teacher: Any, z: torch.Tensor, queries, size: float,
-                lam: float = 0.5) -> tuple[torch.Tensor, float, torch.Tensor]:
-    """One normalised gradient step of root-mean-square ``size`` down the teacher's test-time loss
-    (``objective.weighted_loss`` of ``queries``) at the latent ``z``, decoded whole by the reasoner's
-    preview path; the first latent frame (the reasoner pins it) is never moved. Returns the next
-    latent, the loss at ``z`` and the frames decoded at ``z`` (detached)."""
+def whole_preview(reasoner: Any, z: torch.Tensor) -> torch.Tensor:
+    """Every frame of the latent ``z`` through the reasoner's (differentiable) preview path."""
+    return reasoner.preview(z, range(reasoner.pixel_frames(z.shape[2])))
+
+
+def attack_loss(reasoner: Any, teacher: Any, z: torch.Tensor, queries,
+                lam: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's test-time loss (``objective.weighted_loss`` of ``queries``) at the latent ``z``,
+    decoded whole, and the decoded frames."""
     from ..objective import weighted_loss
 
+    frames = whole_preview(reasoner, z)
+    return weighted_loss(teacher.yes_logprob(frames, queries), lam), frames
+
+
+def attack_step(reasoner: Any, teacher: Any, z: torch.Tensor, queries, size: float,
+                lam: float = 0.5) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """One normalised gradient step of root-mean-square ``size`` down ``attack_loss`` at the latent
+    ``z``; the first latent frame (the reasoner pins it) is never moved. Returns the next latent, the
+    loss at ``z`` and the frames decoded at ``z`` (detached)."""
     z = z.detach().float().requires_grad_(True)
-    frames = reasoner.preview(z, range(reasoner.pixel_frames(z.shape[2])))
-    loss = weighted_loss(teacher.yes_logprob(frames, queries), lam)
+    loss, frames = attack_loss(reasoner, teacher, z, queries, lam)
     (grad,) = torch.autograd.grad(loss, z)
     grad[:, :, 0] = 0.0
     step = size * grad / grad.pow(2).mean().sqrt().clamp_min(1e-12)
@@ -368,5 +379,5 @@ def attack_example(reasoner: Any, teacher: Any, task: GridTask, seed: int, rng: 
         size = float(rng.uniform(settings.step_size / 4, settings.step_size))
         z, _, _ = attack_step(reasoner, teacher, z, queries, size, settings.lam)
     with torch.no_grad():
-        video = to_uint8(reasoner.preview(z, range(reasoner.pixel_frames(z.shape[2]))).clamp(0, 1))
+        video = to_uint8(whole_preview(reasoner, z).clamp(0, 1))
     return labelled(task, video, "attack")
